@@ -1,0 +1,58 @@
+"""tl_universality: universal neurons (Gurnee et al. 2024) as a TransformerLens plugin.
+
+Importing the package registers ``model.universality`` on ``HookedTransformer`` (and so on
+sae-lens's ``HookedSAETransformer``) and on ``TransformerBridge``. Every accessor method is also a
+free function that takes the model as its first argument.
+"""
+
+from tl_universality.accessor import (
+    UniversalityAccessor,
+    register_default_accessors,
+    register_model_accessor,
+)
+from tl_universality.activations import (
+    ActivationBatch,
+    UnitIndex,
+    collect_activations,
+    stream_activations,
+    unit_index,
+)
+from tl_universality.errors import (
+    AccessorError,
+    CorruptCacheError,
+    EmptyTokenSourceError,
+    HookError,
+    NonFiniteActivationError,
+    NoUnitsError,
+    SequenceTooLongError,
+    TokenizerMismatchError,
+    UniversalityError,
+)
+from tl_universality.moments import Moments
+from tl_universality.protocol import HookedModel
+
+__version__ = "0.1.0"
+
+register_default_accessors()
+
+__all__ = [
+    "AccessorError",
+    "ActivationBatch",
+    "CorruptCacheError",
+    "EmptyTokenSourceError",
+    "HookError",
+    "HookedModel",
+    "Moments",
+    "NoUnitsError",
+    "NonFiniteActivationError",
+    "SequenceTooLongError",
+    "TokenizerMismatchError",
+    "UnitIndex",
+    "UniversalityAccessor",
+    "UniversalityError",
+    "__version__",
+    "collect_activations",
+    "register_model_accessor",
+    "stream_activations",
+    "unit_index",
+]

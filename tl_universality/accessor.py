@@ -1,0 +1,167 @@
+"""The ``model.universality`` accessor, registered pandas-style on TransformerLens classes.
+
+A descriptor on the class builds a thin :class:`UniversalityAccessor` on each access; nothing is
+stored on the model, so models still save, load, deep-copy and move devices exactly as before, and
+no reference cycle keeps a model alive. Each accessor method calls the free function of the same
+name with the model as its first argument.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from tl_universality.errors import AccessorError
+
+AccessorT = TypeVar("AccessorT")
+
+
+class _AccessorDescriptor(Generic[AccessorT]):
+    """Class attribute that builds the accessor for the instance it is read from."""
+
+    def __init__(self, name: str, accessor: type[AccessorT]) -> None:
+        self._name = name
+        self._accessor = accessor
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self._accessor
+        try:
+            return self._accessor(obj)
+        except AttributeError as err:
+            # nn.Module.__getattr__ would swallow an AttributeError and report a misleading
+            # "object has no attribute 'universality'"; raise it as something else.
+            raise AccessorError(
+                f"Building `model.{self._name}` for {type(obj).__name__} failed: {err}"
+            ) from err
+
+
+def register_model_accessor(
+    name: str, model_cls: type
+) -> Callable[[type[AccessorT]], type[AccessorT]]:
+    """Install ``accessor`` on ``model_cls`` as the attribute ``name``.
+
+    Warns when the name is already taken by something else; re-registering the same accessor
+    class (e.g. on module reload) is silent.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> class Toy(nn.Module):
+        ...     pass
+        >>> @register_model_accessor("shout", Toy)
+        ... class Shout:
+        ...     def __init__(self, model):
+        ...         self._model: HookedModel = model
+        ...     def hello(self):
+        ...         return type(self._model).__name__.upper()
+        >>> Toy().shout.hello()
+        'TOY'
+    """
+
+    def decorator(accessor: type[AccessorT]) -> type[AccessorT]:
+        existing = model_cls.__dict__.get(name)
+        if existing is not None and not (
+            isinstance(existing, _AccessorDescriptor)
+            and existing._accessor.__qualname__ == accessor.__qualname__
+        ):
+            warnings.warn(
+                f"Registering accessor {accessor.__qualname__!r} as {model_cls.__name__}.{name}"
+                f" overrides an existing attribute of the same name ({existing!r}).",
+                UserWarning,
+                stacklevel=2,
+            )
+        setattr(model_cls, name, _AccessorDescriptor(name, accessor))
+        return accessor
+
+    return decorator
+
+
+def _delegate(module: str, function: str) -> Callable[..., Any]:
+    """An accessor method that calls ``tl_universality.<module>.<function>(model, ...)``."""
+
+    def method(self: UniversalityAccessor, *args: Any, **kwargs: Any) -> Any:
+        func = getattr(importlib.import_module(f"tl_universality.{module}"), function)
+        return func(self._model, *args, **kwargs)
+
+    method.__name__ = function
+    method.__qualname__ = f"UniversalityAccessor.{function}"
+    method.__doc__ = (
+        f"Run :func:`tl_universality.{module}.{function}` on this model"
+        f" (the model is its first argument; see that function for the rest)."
+    )
+    return method
+
+
+class UniversalityAccessor:
+    """Universal-neuron analyses of one model, as ``model.universality.<analysis>(...)``.
+
+    Every method is a thin call of the free function of the same name, which takes the model as its
+    first argument and works on any :class:`~tl_universality.protocol.HookedModel`.
+
+    Example:
+        >>> import tl_universality  # registers the accessor
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10,
+        ...                               act_fn="relu")
+        >>> model = HookedTransformer(cfg)
+        >>> model.universality.unit_index().n_units
+        32
+    """
+
+    def __init__(self, model: Any) -> None:
+        # Typed Any so that our own check below, with its clearer message, is what fails.
+        missing = [a for a in ("cfg", "hook_dict", "hooks") if not hasattr(model, a)]
+        if missing:
+            raise TypeError(
+                f"{type(model).__name__} lacks {', '.join(missing)}, so it is not a TransformerLens"
+                " hooked model. Use HookedTransformer, HookedSAETransformer or TransformerBridge."
+            )
+        self._model = model
+
+    def __repr__(self) -> str:
+        return f"<UniversalityAccessor of {type(self._model).__name__}>"
+
+    # Units and activations
+    unit_index = _delegate("activations", "unit_index")
+    stream_activations = _delegate("activations", "stream_activations")
+    collect_activations = _delegate("activations", "collect_activations")
+
+    # Universality (METHOD.md section 1.1)
+    correlate = _delegate("correlation", "correlate")
+
+    # Neuron table, vocabulary composition and roles (sections 1.2, 1.4)
+    neuron_stats = _delegate("neuron_stats", "neuron_stats")
+    vocab_moments = _delegate("vocab", "vocab_moments")
+    vocab_composition = _delegate("vocab", "vocab_composition")
+    prediction_neurons = _delegate("roles", "prediction_neurons")
+    token_set_scores = _delegate("roles", "token_set_scores")
+    head_composition = _delegate("composition", "head_composition")
+
+    # Families (section 1.3)
+    explain = _delegate("families", "explain")
+    families = _delegate("families", "families")
+    top_activations = _delegate("families", "top_activations")
+
+    # Circuit roles (section 1.4)
+    entropy_neuron_scores = _delegate("entropy", "entropy_neuron_scores")
+    entropy_intervention = _delegate("entropy", "entropy_intervention")
+    attention_deactivation_scores = _delegate("attention", "attention_deactivation_scores")
+    path_ablation = _delegate("attention", "path_ablation")
+
+
+def register_default_accessors(name: str = "universality") -> None:
+    """Install the accessor on HookedTransformer and TransformerBridge.
+
+    ``HookedSAETransformer`` (sae-lens) subclasses ``HookedTransformer`` and inherits the
+    accessor, so sae-lens need not be imported to register it.
+    """
+    from transformer_lens import HookedTransformer
+
+    register_model_accessor(name, HookedTransformer)(UniversalityAccessor)
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:  # pragma: no cover - older TransformerLens without the bridge
+        return
+    register_model_accessor(name, TransformerBridge)(UniversalityAccessor)
