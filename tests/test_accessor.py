@@ -65,7 +65,7 @@ def test_model_still_saves_loads_copies_and_moves():
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
     fresh = HookedTransformer(HookedTransformerConfig(**{**CFG, "seed": 1}))
-    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))  # noqa: TID251
     torch.testing.assert_close(fresh(toks), before)
 
     clone = copy.deepcopy(model)

@@ -235,8 +235,9 @@ class ActivationBatch:
 
     @property
     def prev_token_ids(self) -> Int[Tensor, " tok"]:
-        """Token id one position earlier (the BOS at position 0 is always excluded, so it exists)."""
+        """Token id one position earlier; -1 at position 0, which has none."""
         prev = torch.roll(self.tokens, shifts=1, dims=1)
+        prev[:, 0] = -1
         return prev[self.keep]
 
     @property

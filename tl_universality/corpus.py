@@ -10,9 +10,9 @@ Both the corpus and the tokenizer are built once and cached under ``cache_root()
 - ``corpus/<hash>/corpus.jsonl``: one ``{"text": ...}`` object per document, keyed by the Python
   version and the options;
 - ``tokenizer/<hash>/``: a ``transformers`` tokenizer folder (``save_pretrained``), keyed by the
-  corpus key, the vocabulary size and the tokenizer options. TransformerLens re-loads a tokenizer from
-  its ``name_or_path`` to switch on BOS, so the tokenizer we hand out is always the one *reloaded*
-  from that folder, never the in-memory object we trained.
+  corpus key, the vocabulary size and the tokenizer options. TransformerLens re-loads a tokenizer
+  from its ``name_or_path`` to switch on BOS, so the tokenizer we hand out is always the one
+  *reloaded* from that folder, never the in-memory object we trained.
 
 Example:
     >>> docs = build_corpus()
@@ -268,7 +268,9 @@ def train_tokenizer(
             f"{SPECIAL_TOKEN}. Use vocab_size >= 258."
         )
     if documents is not None and folder is None:
-        raise ValueError("train_tokenizer(documents=...) needs folder=..., the cache is per corpus.")
+        raise ValueError(
+            "train_tokenizer(documents=...) needs folder=..., the cache is per corpus."
+        )
     if documents is None:
         documents = build_corpus(include_source)
     folder = Path(folder) if folder is not None else tokenizer_folder(vocab_size, include_source)
