@@ -70,7 +70,8 @@ def mlp_hook_names(model: HookedModel, hook: str = "hook_post") -> list[str]:
     if not has_mlps(model):
         raise NoUnitsError(
             f"{model_name(model)} has no MLP layers"
-            f" (attn_only={getattr(model.cfg, 'attn_only', None)}), so it has no MLP neurons to analyse. Pass `units=` with hooks the model has, e.g."
+            f" (attn_only={getattr(model.cfg, 'attn_only', None)}), so it has no MLP neurons to"
+            " analyse. Pass `units=` with hooks the model has, e.g."
             " ['blocks.0.attn.hook_z'] or ['blocks.0.hook_resid_post']."
         )
     names = [f"blocks.{layer}.mlp.{hook}" for layer in range(model.cfg.n_layers)]
