@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -31,11 +31,34 @@ from tl_universality.protocol import (
     model_name,
 )
 
-UnitsSpec = str | Sequence[str] | None
+
+@runtime_checkable
+class UnitTransform(Protocol):
+    """Units computed from a hook's activation rather than read off it, e.g. SAE latents.
+
+    :class:`tl_universality.sae.SAEUnits` is the implementation for sae-lens SAEs.
+    """
+
+    hook_name: str  # where the input is read
+    label: str  # the unit set's name (used like a hook name in a UnitIndex)
+    width: int  # units per position
+    splice: bool  # replace the hook's output with :meth:`replacement` (changes the model)
+
+    def __call__(self, act: Tensor) -> Tensor:
+        """``[batch, pos, ...] -> [batch, pos, width]``; raises HookError on a shape mismatch."""
+        ...
+
+    def replacement(self, act: Tensor, units: Tensor) -> Tensor:
+        """What the hook outputs when spliced (e.g. the SAE reconstruction)."""
+        ...
+
+
+UnitsSpec = str | UnitTransform | Sequence[str | UnitTransform] | None
 """Which units to read: ``None`` (every layer's ``mlp.hook_post``), a per-layer suffix such as
 ``"mlp.hook_pre"`` or ``"hook_resid_post"`` (expanded to ``blocks.{l}.<suffix>``), one full hook
-name, or a list of full hook names. The unit axis is the hook's last dimension; any dimensions
-between position and the last are flattened into it (e.g. ``attn.hook_z`` gives heads × d_head)."""
+name, a :class:`UnitTransform` (e.g. an SAE's latents), or a list of hook names and transforms.
+The unit axis is the hook's last dimension; any dimensions between position and the last are
+flattened into it (e.g. ``attn.hook_z`` gives heads × d_head)."""
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
@@ -117,7 +140,33 @@ class UnitIndex:
         return cls(tuple(d["hook_names"]), tuple(d["widths"]), tuple(d["layers"]))
 
 
-def _hook_names(model: HookedModel, units: UnitsSpec) -> list[str]:
+@dataclass(frozen=True)
+class _Tap:
+    """One unit set: its label, the hook it reads, and the transform applied (if any)."""
+
+    label: str
+    hook_name: str
+    transform: UnitTransform | None = None
+
+
+def _taps(model: HookedModel, units: UnitsSpec) -> list[_Tap]:
+    if isinstance(units, UnitTransform):
+        units = [units]
+    if units is None or isinstance(units, str):
+        return [_Tap(n, n) for n in _hook_names(model, units)]
+    taps = []
+    for unit in units:
+        if isinstance(unit, UnitTransform):
+            check_hooks_exist(model, [unit.hook_name])
+            taps.append(_Tap(unit.label, unit.hook_name, unit))
+        else:
+            taps.extend(_Tap(n, n) for n in _hook_names(model, [unit]))
+    if not taps:
+        raise HookError("No units requested: `units` is an empty list.")
+    return taps
+
+
+def _hook_names(model: HookedModel, units: str | Sequence[str] | None) -> list[str]:
     if units is None:
         return mlp_hook_names(model, "hook_post")
     if isinstance(units, str):
@@ -171,22 +220,34 @@ def unit_index(model: HookedModel, units: UnitsSpec = None) -> UnitIndex:
         >>> unit_index(model, "attn.hook_z").widths  # heads x d_head
         (8, 8)
     """
-    names = _hook_names(model, units)
-    layers = tuple(_layer_of(n, i) for i, n in enumerate(names))
-    if all(n.endswith((".mlp.hook_post", ".mlp.hook_pre")) for n in names):
-        widths = tuple(int(model.cfg.d_mlp) for _ in names)
+    return _resolve(model, units)[0]
+
+
+def _resolve(model: HookedModel, units: UnitsSpec) -> tuple[UnitIndex, list[_Tap]]:
+    taps = _taps(model, units)
+    layers = tuple(_layer_of(t.hook_name, i) for i, t in enumerate(taps))
+    if all(t.transform is None and t.hook_name.endswith(_MLP_HOOKS) for t in taps):
+        widths = tuple(int(model.cfg.d_mlp) for _ in taps)
     else:
+        # Measure (and prove firing) with a one-token forward; transforms check their input here.
         seen: dict[str, int] = {}
 
         def measure(act: Tensor, hook: Any) -> None:
-            seen[hook.name] = int(np.prod(act.shape[2:])) if act.ndim > 2 else int(act.shape[-1])
+            for tap in taps:
+                if tap.hook_name == hook.name:
+                    out = act if tap.transform is None else tap.transform(act)
+                    seen[tap.label] = int(np.prod(out.shape[2:])) if out.ndim > 2 else 1
 
+        hooks = sorted({t.hook_name for t in taps})
         probe = torch.zeros(1, 1, dtype=torch.long, device=_model_device(model))
-        with torch.no_grad(), model.hooks(fwd_hooks=[(n, measure) for n in names]):
-            _forward(model, probe, _stop_at_layer(model, names))
-        _check_fired(model, names, seen)
-        widths = tuple(seen[n] for n in names)
-    return UnitIndex(tuple(names), widths, layers)
+        with torch.no_grad(), model.hooks(fwd_hooks=[(n, measure) for n in hooks]):
+            _forward(model, probe, _stop_at_layer(model, hooks))
+        _check_fired(model, [t.label for t in taps], seen)
+        widths = tuple(seen[t.label] for t in taps)
+    return UnitIndex(tuple(t.label for t in taps), widths, layers), taps
+
+
+_MLP_HOOKS = (".mlp.hook_post", ".mlp.hook_pre")
 
 
 def _model_device(model: HookedModel) -> torch.device:
@@ -306,8 +367,11 @@ def stream_activations(
         raise ValueError("stream_activations needs at least one model.")
     check_same_tokenizer(models)
     specs = list(units) if _is_per_model(units, len(models)) else [units] * len(models)
-    indices = [unit_index(m, spec) for m, spec in zip(models, specs, strict=True)]
-    stops = [_stop_at_layer(m, idx.hook_names) for m, idx in zip(models, indices, strict=True)]
+    resolved = [_resolve(m, spec) for m, spec in zip(models, specs, strict=True)]
+    stops = [
+        _stop_at_layer(m, [t.hook_name for t in taps])
+        for m, (_, taps) in zip(models, resolved, strict=True)
+    ]
 
     if seq_len is None:
         seq_len = min(512, *(int(m.cfg.n_ctx) for m in models))
@@ -338,8 +402,8 @@ def stream_activations(
                 first = start_sequence
             keep = ~torch.isin(batch, torch.tensor(sorted(excluded), dtype=batch.dtype))
             acts = [
-                _run_one(m, batch, keep, idx, stop, out_device, dtype, check_finite)
-                for m, idx, stop in zip(models, indices, stops, strict=True)
+                _run_one(m, batch, keep, idx, taps, stop, out_device, dtype, check_finite)
+                for m, (idx, taps), stop in zip(models, resolved, stops, strict=True)
             ]
             yield ActivationBatch(acts, batch.to(out_device), keep.to(out_device), first)
             bar.update(batch.numel())
@@ -374,6 +438,7 @@ def _run_one(
     batch: Int[Tensor, "batch seq"],
     keep: Bool[Tensor, "batch seq"],
     index: UnitIndex,
+    taps: Sequence[_Tap],
     stop: int | None,
     out_device: torch.device,
     dtype: torch.dtype,
@@ -386,25 +451,32 @@ def _run_one(
     offsets = index.offsets
     fired: list[str] = []
 
-    def store(act: Tensor, hook: Any) -> None:
-        i = index.hook_names.index(hook.name)
-        flat = act.reshape(act.shape[0], act.shape[1], -1)
-        if flat.shape[-1] != index.widths[i]:
-            raise HookError(
-                f"Hook {hook.name} of {model_name(model)} gave {flat.shape[-1]} units per"
-                f" position, expected {index.widths[i]}. Was the model changed after the units"
-                " were resolved?"
-            )
-        rows = flat[keep_here]
-        if check_finite and not bool(torch.isfinite(rows).all()):
-            raise NonFiniteActivationError(
-                f"{model_name(model)} produced NaN/inf activations at {hook.name}. Check the"
-                " weights (e.g. a diverged checkpoint) or run in float32 rather than float16."
-            )
-        out[:, offsets[i] : offsets[i + 1]] = rows.to(device=out_device, dtype=dtype)
-        fired.append(hook.name)
+    def make_hook(i: int, tap: _Tap) -> Any:
+        def store(act: Tensor, hook: Any) -> Tensor | None:
+            units = act if tap.transform is None else tap.transform(act)
+            flat = units.reshape(units.shape[0], units.shape[1], -1)
+            if flat.shape[-1] != index.widths[i]:
+                raise HookError(
+                    f"{tap.label} of {model_name(model)} gave {flat.shape[-1]} units per"
+                    f" position, expected {index.widths[i]}. Was the model changed after the"
+                    " units were resolved?"
+                )
+            rows = flat[keep_here]
+            if check_finite and not bool(torch.isfinite(rows).all()):
+                raise NonFiniteActivationError(
+                    f"{model_name(model)} produced NaN/inf activations at {tap.label}. Check the"
+                    " weights (e.g. a diverged checkpoint) or run in float32 rather than float16."
+                )
+            out[:, offsets[i] : offsets[i + 1]] = rows.to(device=out_device, dtype=dtype)
+            fired.append(tap.label)
+            if tap.transform is not None and tap.transform.splice:
+                return tap.transform.replacement(act, units)
+            return None  # observe only: the forward pass is unchanged
 
-    with torch.no_grad(), model.hooks(fwd_hooks=[(n, store) for n in index.hook_names]):
+        return store
+
+    fwd_hooks = [(tap.hook_name, make_hook(i, tap)) for i, tap in enumerate(taps)]
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
         _forward(model, batch.to(model_device), stop)
     _check_fired(model, index.hook_names, fired)
     return out
