@@ -28,6 +28,7 @@ demo: $(VENV)/.installed
 	$(BIN)/tl-universality demo
 
 test: $(VENV)/.installed-dev
+	scripts/ensure-chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,334 @@
+"""The ``tl-universality`` command line.
+
+Each subcommand is one step of the study (``train-seeds``, ``correlate``, ``stats``,
+``families``, ``roles``, ``report``) or all of them (``demo``). Results are saved first and
+logged to wandb second, so a wandb failure never loses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tl_universality import report
+from tl_universality.errors import UniversalityError
+
+log = logging.getLogger("tl_universality")
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def load_models(
+    specs: Sequence[str],
+    *,
+    family: str | None = None,
+    device: str = "cpu",
+    checkpoint: int | None = None,
+    progress: bool = True,
+) -> list[Any]:
+    """Load models named on the command line.
+
+    Each spec is a local folder (a saved seed model, or a seed-family folder holding several) or a
+    TransformerLens model name such as ``stanford-gpt2-small-a`` (needs the internet;
+    ``checkpoint`` selects a training checkpoint by value). ``family`` loads (training on first
+    use) a whole offline seed family by preset name instead.
+    """
+    from tl_universality import seeds
+
+    models: list[Any] = []
+    if family is not None:
+        models.extend(seeds.train_seed_family(family, progress=progress, device=device).models)
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir() and (path / "family.json").is_file():
+            models.extend(seeds.load_seed_family_folder(path, device=device).models)
+        elif path.is_dir():
+            models.append(seeds.load_seed_model(path, device=device))
+        else:
+            from transformer_lens import HookedTransformer
+
+            kwargs: dict[str, Any] = {"device": device}
+            if checkpoint is not None:
+                kwargs["checkpoint_value"] = checkpoint
+            models.append(HookedTransformer.from_pretrained(spec, **kwargs))
+    if not models:
+        raise UniversalityError("No model given: name models, folders, or pass --family PRESET.")
+    return models
+
+
+def _tokens(args: argparse.Namespace) -> Any:
+    """Tokens: a dataset name or file, the embedded corpus, or the family's held-out split."""
+    if args.tokens in (None, "held-out") and getattr(args, "family", None):
+        from tl_universality import seeds
+
+        return seeds.train_seed_family(args.family, progress=not args.quiet).held_out_tokens()
+    return None if args.tokens in (None, "default") else args.tokens
+
+
+# -- subcommands -----------------------------------------------------------------------------
+
+
+def cmd_train_seeds(args: argparse.Namespace) -> int:
+    from tl_universality.demo import describe_family
+    from tl_universality.seeds import train_seed_family
+
+    family = train_seed_family(args.preset, progress=not args.quiet, device=args.device)
+    print(describe_family(family))
+    print(f"cached in {family.folder}")
+    return 0
+
+
+def cmd_correlate(args: argparse.Namespace) -> int:
+    from tl_universality.correlation import correlate
+
+    models = load_models(
+        args.models,
+        family=args.family,
+        device=args.device,
+        checkpoint=args.checkpoint,
+        progress=not args.quiet,
+    )
+    if len(models) < 2:
+        raise UniversalityError("correlate needs at least two models (a reference and others).")
+    result = correlate(
+        models[0],
+        models[1:],
+        _tokens(args),
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        device=args.device,
+        memory_budget=args.memory_budget,
+        checkpoint_dir=args.checkpoint_dir,
+        progress=not args.quiet,
+    )
+    out = Path(args.out) / report.CORRELATION_DIR
+    result.save(out)
+    print(result.universal_share().to_string(index=False, float_format="{:.3f}".format))
+    print(f"saved to {out}")
+    _maybe_wandb(args, result)
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> Any:
+    return load_models(
+        args.models[:1], family=None if args.models else args.family, device=args.device,
+        checkpoint=args.checkpoint, progress=not args.quiet,
+    )[0]  # fmt: skip
+
+
+def _load_correlation(args: argparse.Namespace) -> Any:
+    from tl_universality.correlation import CorrelationResult
+
+    folder = Path(args.correlation or Path(args.out) / report.CORRELATION_DIR)
+    return CorrelationResult.load(folder) if folder.is_dir() else None
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from tl_universality.neuron_stats import compare_universal, neuron_stats
+
+    model = _reference(args)
+    correlation = _load_correlation(args)
+    table = neuron_stats(
+        model, _tokens(args), correlation=correlation, batch_size=args.batch_size,
+        max_tokens=args.max_tokens, progress=not args.quiet,
+    )  # fmt: skip
+    path = _out(args) / report.NEURON_TABLE
+    table.to_parquet(path)
+    print(f"neuron table: {len(table)} neurons x {table.shape[1]} columns -> {path}")
+    if "is_universal" in table and table["is_universal"].any():
+        print(compare_universal(table).to_string(float_format="{:.3f}".format))
+    _maybe_wandb(args, table)
+    return 0
+
+
+def cmd_families(args: argparse.Namespace) -> int:
+    from tl_universality.families import explain, families, family_counts
+
+    model = _reference(args)
+    correlation = _load_correlation(args)
+    neurons = None
+    if correlation is not None:
+        neurons = correlation.universal_neurons(args.threshold)[["layer", "neuron"]]
+        if neurons.empty:
+            print("no universal neuron in the correlation result: explaining every neuron")
+            neurons = None
+    explanations = explain(
+        model, _tokens(args), neurons, batch_size=args.batch_size, max_tokens=args.max_tokens,
+        progress=not args.quiet,
+    )  # fmt: skip
+    labels = families(explanations)
+    out = _out(args)
+    explanations.to_parquet(out / report.EXPLANATIONS)
+    labels.to_parquet(out / report.FAMILIES)
+    print(family_counts(labels).to_string())
+    print(f"saved {report.EXPLANATIONS} and {report.FAMILIES} in {out}")
+    _maybe_wandb(args, labels)
+    return 0
+
+
+def cmd_roles(args: argparse.Namespace) -> int:
+    from tl_universality.attention import attention_deactivation_scores
+    from tl_universality.entropy import entropy_neuron_scores
+    from tl_universality.roles import prediction_neurons, role_counts
+
+    model = _reference(args)
+    out = _out(args)
+    roles = prediction_neurons(model)
+    roles.to_parquet(out / report.PREDICTION)
+    print("prediction / suppression / partition neurons per layer:")
+    print(role_counts(roles).to_string())
+    entropy = entropy_neuron_scores(model)
+    entropy.to_parquet(out / report.ENTROPY_SCORES)
+    print("\ntop entropy-neuron candidates:")
+    print(entropy.head(args.top).to_string(index=False, float_format="{:.3f}".format))
+    if model.cfg.n_layers > 1:
+        ranked = attention_deactivation_scores(model).to_dataframe(top_k=max(args.top, 50))
+        ranked.to_parquet(out / report.ATTENTION_SCORES)
+        print("\ntop attention-deactivation (neuron, head) pairs:")
+        print(ranked.head(args.top).to_string(index=False, float_format="{:.3f}".format))
+    _maybe_wandb(args, roles, entropy)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    page = report.build_report(args.dir)
+    print(f"report: {page}")
+    return 0
+
+
+def _out(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _maybe_wandb(args: argparse.Namespace, *results: Any) -> None:
+    if not args.wandb:
+        return
+    from tl_universality.wandb_logging import log_results
+
+    log_results(results, project=args.wandb_project, out_dir=Path(args.out))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tl_universality.demo import run_demo
+
+    run_demo(
+        out_dir=Path(args.out),
+        preset=args.preset,
+        progress=not args.quiet,
+        wandb=args.wandb,
+        device=args.device,
+    )
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser, *, tokens: bool = True) -> None:
+    p.add_argument(
+        "--out", default="tl_universality_out", help="output folder (default: %(default)s)"
+    )
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--wandb",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="log results to a wandb run (offline mode unless WANDB_MODE says otherwise)",
+    )
+    p.add_argument("--wandb-project", default="tl_universality", help="wandb project name")
+    if tokens:
+        p.add_argument(
+            "--tokens",
+            default=None,
+            help="dataset name, .txt/.jsonl/.parquet file, or 'default' for the embedded corpus"
+            " (default: the family's held-out split with --family, else the embedded corpus)",
+        )
+        p.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens")
+        p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+
+
+def _models(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "models",
+        nargs="*",
+        help="TransformerLens names (e.g. stanford-gpt2-small-a) or local model folders;"
+        " the first is the reference",
+    )
+    p.add_argument("--family", default=None, help="use an offline seed family: tiny or demo")
+    p.add_argument(
+        "--checkpoint", type=int, default=None, help="training checkpoint value (Stanford CRFM)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tl-universality",
+        description="Universal neurons (Gurnee et al. 2024) for TransformerLens models.",
+        epilog="Run `tl-universality demo` for the whole study on an offline seed family.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train-seeds", help="train (or load) an offline seed family")
+    p.add_argument("--preset", default="demo", help="tiny or demo (default: %(default)s)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train_seeds)
+
+    p = sub.add_parser("correlate", help="correlate every neuron of the reference with the others")
+    _models(p)
+    _common(p)
+    p.add_argument("--memory-budget", default=None, help="e.g. 8GB: tile the statistics to fit")
+    p.add_argument("--checkpoint-dir", default=None, help="checkpoint here and resume from it")
+    p.set_defaults(func=cmd_correlate)
+
+    p = sub.add_parser("stats", help="the neuron table (weights, vocabulary, activations)")
+    _models(p)
+    _common(p)
+    p.add_argument("--correlation", default=None, help="a saved correlation result to join")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("families", help="explain neurons by token features; family labels")
+    _models(p)
+    _common(p)
+    p.add_argument("--correlation", default=None, help="explain its universal neurons only")
+    p.add_argument("--threshold", type=float, default=0.5, help="excess_corr for universal")
+    p.set_defaults(func=cmd_families)
+
+    p = sub.add_parser("roles", help="prediction/suppression, entropy and deactivation neurons")
+    _models(p)
+    _common(p, tokens=False)
+    p.add_argument("--top", type=int, default=10, help="candidates to print")
+    p.set_defaults(func=cmd_roles)
+
+    p = sub.add_parser("report", help="write the HTML report of a results folder")
+    p.add_argument("dir", help="a results folder (the --out of the other commands)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="run the whole study offline on the embedded seed family")
+    p.add_argument("--preset", default="demo", help="tiny or demo (default: %(default)s)")
+    _common(p, tokens=False)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except UniversalityError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
