@@ -384,7 +384,7 @@ def stream_activations(
     )
     for m in models:
         check_fits(source, m)
-    excluded = _excluded_ids(source, models[0], exclude_token_ids)
+    excluded = excluded_token_ids(source, getattr(models[0], "tokenizer", None), exclude_token_ids)
     out_device = torch.device(device) if device is not None else _model_device(models[0])
 
     total = source.n_tokens
@@ -421,11 +421,14 @@ def _is_per_model(units: Any, n_models: int) -> bool:
     )
 
 
-def _excluded_ids(source: Any, model: HookedModel, explicit: Iterable[int] | None) -> set[int]:
+def excluded_token_ids(
+    source: Any, tokenizer: Any = None, explicit: Iterable[int] | None = None
+) -> set[int]:
+    """Token ids whose positions every statistic leaves out: ``explicit`` when given, else the
+    source's BOS plus the tokenizer's BOS and padding ids (the paper excludes BOS/padding)."""
     if explicit is not None:
         return {int(t) for t in explicit}
     ids = {int(source.bos_token_id)}
-    tokenizer = getattr(model, "tokenizer", None)
     for attr in ("bos_token_id", "pad_token_id"):
         value = getattr(tokenizer, attr, None) if tokenizer is not None else None
         if value is not None:
