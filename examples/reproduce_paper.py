@@ -41,10 +41,9 @@ def main() -> None:
         checkpoint_dir=f"{args.out}/checkpoint",
     )
     result.save(f"{args.out}/correlation")
-    print(result.summary())
     print(result.universal_neurons(threshold=0.5).head(20))
     # The paper: 4.16% universal in small-a, concentrated in the first and last layers.
-    print(result.universal_share_by_layer())
+    print(result.universal_share())
 
 
 if __name__ == "__main__":

@@ -152,7 +152,9 @@ def run_demo(
         f" {summary.values['excess_p99']:.3f}, max {summary.values['excess_max']:.3f}",
     )
 
-    # 3. The neuron table joined with universality, and the paper's contrast.
+    # 3. The neuron table joined with universality, and the paper's contrast. Weight statistics
+    # assume TransformerLens's processed weights; processing leaves MLP activations unchanged.
+    ref.process_weights_()
     t = clock()
     table = neuron_stats(ref, tokens, correlation=corr, progress=progress)
     table.to_parquet(out / files.NEURON_TABLE)

@@ -208,7 +208,7 @@ def _properties(d: Path) -> Section | None:
         "The paper: universal neurons fire more sparsely, have higher activation kurtosis and"
         " larger weight norms.",
         figures=[("property_distributions", plot_property_distributions(table, props))],
-        tables=[("means and medians", compare_universal(table, props).reset_index())],
+        tables=[("means and medians", compare_universal(table, props))],
     )
 
 

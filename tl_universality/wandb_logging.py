@@ -4,9 +4,9 @@ wandb is imported lazily and defaults to offline mode (``WANDB_MODE`` overrides 
 ever prompts for a login. Logging is best effort: callers save results to disk first, and a wandb
 error is turned into a warning so the computed result is never lost.
 
-Any result object can be logged. Objects with a ``wandb_payload()`` method (the correlation
-result, for instance) say what to log; DataFrames are logged as tables; other objects with
-``to_dataframe()`` are logged as that table.
+Any result object can be logged. A correlation result logs its summaries, tables, histograms and
+figure (:func:`correlation_payload`); objects with a ``wandb_payload()`` method say what to log;
+DataFrames are logged as tables; other objects with ``to_dataframe()`` are logged as that table.
 """
 
 from __future__ import annotations
@@ -33,8 +33,41 @@ class WandbPayload:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
+def correlation_payload(result: Any, threshold: float = 0.5) -> WandbPayload:
+    """What a :class:`~tl_universality.correlation.CorrelationResult` logs: the universal share
+    overall and per layer, median max-correlation and baseline, the universal-neuron table, the
+    per-layer table, histograms of max correlation, baseline and excess, and the paper's figure."""
+    table = result.to_dataframe(threshold)
+    share = result.universal_share(threshold)
+    scalars = {
+        "universal_share": float(table["is_universal"].mean()),
+        "n_universal": float(table["is_universal"].sum()),
+        "median_max_corr": float(table["mean_corr"].median()),
+        "median_baseline": float(table["mean_baseline"].median()),
+    }
+    for row in share.itertuples():
+        scalars[f"layer_{row.layer}/universal_share"] = float(row.universal_share)
+    return WandbPayload(
+        "correlation",
+        scalars=scalars,
+        tables={"universal_neurons": result.universal_neurons(threshold), "per_layer": share},
+        histograms={
+            "max_corr": table["mean_corr"].to_numpy(),
+            "baseline_max_corr": table["mean_baseline"].to_numpy(),
+            "excess_corr": table["excess_corr"].to_numpy(),
+        },
+        figures={"figure": result.plot(threshold)},
+    )
+
+
 def payload_of(result: Any, prefix: str | None = None) -> WandbPayload:
     """The :class:`WandbPayload` of a result (see the module docstring for the rules)."""
+    from tl_universality.correlation import CorrelationResult
+
+    if isinstance(result, CorrelationResult):
+        payload = correlation_payload(result)
+        payload.prefix = prefix or payload.prefix
+        return payload
     if hasattr(result, "wandb_payload"):
         payload = result.wandb_payload()
         if prefix:
@@ -123,7 +156,7 @@ def log_results(
                 finite = np.asarray(values, dtype=np.float64)
                 row[f"{p}/{key}"] = wandb.Histogram(finite[np.isfinite(finite)])
             for key, fig in payload.figures.items():
-                row[f"{p}/{key}"] = wandb.Image(fig)
+                row[f"{p}/{key}"] = wandb.Image(_figure_image(fig))
             if row:
                 run.log(row)
         if finish if finish is not None else own_run:
@@ -139,17 +172,38 @@ def log_results(
         return None
 
 
-class WandbProgress:
-    """A progress callback that logs ``{prefix}/tokens`` (and any extra scalars) as a run goes.
+def _figure_image(fig: Any) -> Any:
+    """A PIL image of a matplotlib figure (wandb's own conversion needs pyplot's global state)."""
+    import io
 
-    Pass it where an analysis takes ``callback=``; it is called with keyword arguments.
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    buf.seek(0)
+    return Image.open(buf)
+
+
+class WandbProgress:
+    """A progress callback that logs a long run's progress to wandb as it goes.
+
+    Pass it as ``correlate(..., callback=WandbProgress(run))``: each call logs the numeric fields
+    of the progress object it receives (tokens, sequences, pass) under ``prefix/``; it can also be
+    called with keyword arguments.
     """
 
     def __init__(self, run: Any, prefix: str = "progress") -> None:
         self.run = run
         self.prefix = prefix
 
-    def __call__(self, **scalars: float) -> None:
+    def __call__(self, progress: Any = None, **scalars: float) -> None:
+        if progress is not None:
+            fields = progress.__dict__ if hasattr(progress, "__dict__") else dict(progress)
+            scalars = {
+                k: v
+                for k, v in fields.items()
+                if isinstance(v, (int, float)) and not k.startswith("_")
+            } | scalars
         try:
             self.run.log({f"{self.prefix}/{k}": float(v) for k, v in scalars.items()})
         except Exception as err:  # never stop a long run for a logging hiccup
