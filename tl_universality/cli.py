@@ -115,10 +115,19 @@ def cmd_correlate(args: argparse.Namespace) -> int:
 
 
 def _reference(args: argparse.Namespace) -> Any:
-    return load_models(
+    """The first model, with TransformerLens's processed weights (the neuron table's convention).
+
+    Seed models are saved as trained; processing them leaves MLP activations unchanged.
+    """
+    from tl_universality.vocab import weight_processing_notes
+
+    model = load_models(
         args.models[:1], family=None if args.models else args.family, device=args.device,
         checkpoint=args.checkpoint, progress=not args.quiet,
     )[0]  # fmt: skip
+    if weight_processing_notes(model) and hasattr(model, "process_weights_"):
+        model.process_weights_()
+    return model
 
 
 def _load_correlation(args: argparse.Namespace) -> Any:
@@ -224,6 +233,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         wandb=args.wandb,
         device=args.device,
+        max_tokens=args.max_tokens,
     )
     return 0
 
@@ -314,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole study offline on the embedded seed family")
     p.add_argument("--preset", default="demo", help="tiny or demo (default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=None, help="held-out tokens to use")
     _common(p, tokens=False)
     p.set_defaults(func=cmd_demo)
     return parser
@@ -322,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try:
         return int(args.func(args) or 0)
     except UniversalityError as err:

@@ -31,6 +31,9 @@ CONTRAST = [
 ]
 
 
+#: Tokens used by the causal tests (entropy intervention, path ablation).
+INTERVENTION_TOKENS = 4096
+
 #: The entropy-intervention columns printed (the saved table has them all).
 ENTROPY_COLUMNS = [
     "value",
@@ -96,8 +99,17 @@ def run_demo(
     progress: bool = True,
     wandb: bool = False,
     device: str = "cpu",
+    max_tokens: int | None = None,
 ) -> DemoSummary:
     """Run the whole study offline and write results and the report to ``out_dir``.
+
+    Args:
+        out_dir: Results folder (created).
+        preset: Seed-family preset, ``"demo"`` or ``"tiny"``.
+        progress: Print the summaries and show progress bars.
+        wandb: Also log the results to an (offline) wandb run in ``out_dir``.
+        device: Where the models run.
+        max_tokens: Use at most this many held-out tokens (default: all of them).
 
     Example:
         >>> run_demo("out", preset="tiny")  # doctest: +SKIP
@@ -122,6 +134,8 @@ def run_demo(
     _say(progress, describe_family(family))
     ref, *others = family.models
     tokens = family.held_out_tokens()
+    if max_tokens is not None:
+        tokens = tokens.limit(max_tokens)
     summary.values.update(
         preset=preset,
         n_seeds=len(family.models),
@@ -171,7 +185,7 @@ def run_demo(
     _say(
         progress,
         f"\nNeuron properties, {which} vs the rest:",
-        contrast.to_string(float_format="{:.3f}".format),
+        contrast.to_string(index=False, float_format="{:.3f}".format),
     )
 
     # 4. Prediction / suppression / partition roles and the token sets they act on.
@@ -204,8 +218,15 @@ def run_demo(
     top = ent_scores.iloc[0]
     scale = float(np.nanmax(np.abs(table["post_mean"]))) if "post_mean" in table else 1.0
     values = np.linspace(0.0, 4.0 * max(scale, 1.0), 5).tolist()
+    # Each value runs the candidate and its random baseline neurons twice (total, direct
+    # effect), so a few thousand tokens suffice for the mean entropy.
     ent = entropy_intervention(
-        ref, [(int(top.layer), int(top.neuron))], values, tokens, max_tokens=20_000
+        ref,
+        [(int(top.layer), int(top.neuron))],
+        values,
+        tokens,
+        max_tokens=INTERVENTION_TOKENS,
+        n_random_baseline=3,
     )
     ent.save(out / files.ENTROPY_INTERVENTION)
     summary.seconds["entropy"] = clock() - t
@@ -228,7 +249,7 @@ def run_demo(
         best = ranked.iloc[0]
         neuron = (int(best.layer), int(best.neuron))
         head = (int(best.head_layer), int(best.head))
-        ablation = path_ablation(ref, neuron, head, tokens, max_tokens=20_000)
+        ablation = path_ablation(ref, neuron, head, tokens, max_tokens=INTERVENTION_TOKENS)
         effect = ablation.summary()
         ablation.save(out / files.PATH_ABLATION)
         summary.seconds["attention"] = clock() - t
