@@ -28,15 +28,6 @@ NEURON = (0, 5)
 HEAD = (1, 2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def deactivation_model(norm: float = 30.0):
     """Plant NEURON: off on BOS (so the BOS key does not depend on it), on elsewhere, with
     ``w_out`` along the (centred) direction ``W_Q[1, 2] k_BOS``."""

@@ -29,15 +29,6 @@ NULL_DIM = 4
 VALUES = [0.0, 1.0, 2.0, 4.0, 8.0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def entropy_model(norm: float = 20.0, **overrides):
     """W_U loses NULL_DIM zero-mean directions; NEURON writes ``norm`` times one of them.
 

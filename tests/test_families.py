@@ -97,16 +97,6 @@ def planted_model() -> HookedTransformer:
     return model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: on a shared 2-core machine, thread hand-offs cost far more than the
-    arithmetic (an index_add_ of 31 x 32 numbers took 40 ms with 2 threads, 5 us with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model() -> HookedTransformer:
     return planted_model()

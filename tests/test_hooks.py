@@ -23,15 +23,6 @@ from tl_universality.hooks import (
 BOS = 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def model(**overrides):
     overrides.setdefault("dtype", torch.float64)
     overrides.setdefault("n_ctx", 16)

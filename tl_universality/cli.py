@@ -46,7 +46,7 @@ def load_models(
     for spec in specs:
         path = Path(spec)
         if path.is_dir() and (path / "family.json").is_file():
-            models.extend(seeds.load_seed_family_folder(path, device=device).models)
+            models.extend(seeds.load_family_folder(path, device=device).models)
         elif path.is_dir():
             models.append(seeds.load_seed_model(path, device=device))
         else:

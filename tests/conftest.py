@@ -1,0 +1,27 @@
+"""Shared fixtures (the session cache and thread settings live in the root ``conftest.py``)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_family():
+    """The ``tiny`` seed family (3 seeds), trained once per session into the session cache."""
+    from tl_universality.seeds import train_seed_family
+
+    # One thread: the tiny models gain nothing from a second one, and on a busy machine waiting
+    # OpenMP threads spin (a training step went from 26 ms to 1 s with two threads).
+    return train_seed_family("tiny", progress=False, num_threads=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """The default tokenizer at the tiny preset's size (byte-level BPE, BOS = ``<|endoftext|>``).
+
+    The same vocabulary as ``tiny_family.tokenizer``, without training the family.
+    """
+    from tl_universality.corpus import load_default_tokenizer
+    from tl_universality.seeds import PRESETS
+
+    return load_default_tokenizer(PRESETS["tiny"].vocab_size)
