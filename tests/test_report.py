@@ -79,5 +79,5 @@ def test_the_browser_check_catches_broken_pages(tmp_path):
     page = tmp_path / "index.html"
     page.write_text(page_html)
     dom = chromium(page, "--dump-dom")
-    assert 'data-figures="broken"' in dom.stdout
+    assert 'data-figures="broken:0/1"' in dom.stdout
     assert script_errors(dom.stderr)

@@ -247,8 +247,8 @@ def run_demo(
         ranked = att.to_dataframe(top_k=50)
         ranked.to_parquet(out / files.ATTENTION_SCORES)
         best = ranked.iloc[0]
-        neuron = (int(best.layer), int(best.neuron))
-        head = (int(best.head_layer), int(best.head))
+        neuron = (int(best["layer"]), int(best["neuron"]))
+        head = (int(best["head_layer"]), int(best["head"]))
         ablation = path_ablation(ref, neuron, head, tokens, max_tokens=INTERVENTION_TOKENS)
         effect = ablation.summary()
         ablation.save(out / files.PATH_ABLATION)

@@ -61,14 +61,14 @@ th {{ background: #f4f4f4; }} .note {{ color: #555; }}
 <h1>{title}</h1>
 {body}
 <script>
-// Marks the page once every figure has decoded, so a headless browser can check rendering.
-(function () {{
+// Marks the page once it has loaded, saying whether every figure decoded, so that a headless
+// browser can check rendering.
+window.addEventListener("load", function () {{
   const imgs = Array.from(document.images);
-  Promise.all(imgs.map(i => i.decode().then(() => i.naturalWidth > 0, () => false)))
-    .then(ok => {{
-      document.body.dataset.figures = ok.every(Boolean) ? "ok:" + ok.length : "broken";
-    }});
-}})();
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.figures =
+    ok === imgs.length ? "ok:" + ok : "broken:" + ok + "/" + imgs.length;
+}});
 </script>
 </body></html>
 """

@@ -22,7 +22,7 @@ See ``docs/seed_family.md`` for the presets' measured sizes, times and losses.
 
 Example:
     >>> PRESETS["tiny"].n_layers, len(PRESETS["tiny"].seeds)
-    (1, 3)
+    (2, 3)
     >>> SeedFamilyConfig.from_dict(PRESETS["demo"].to_dict()) == PRESETS["demo"]
     True
 """
