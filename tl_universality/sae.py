@@ -892,7 +892,7 @@ def sae_unit_stats(
     from tl_universality.activations import stream_activations
     from tl_universality.moments import Moments
     from tl_universality.neuron_stats import join_correlation
-    from tl_universality.vocab import _safe_inverse, unembed
+    from tl_universality.vocab import _safe_inverse, direction_vocab_moments
 
     units = _as_units(sae)
     raw = units.sae
@@ -920,16 +920,8 @@ def sae_unit_stats(
     )
     vocab = {name: np.full(d_sae, np.nan) for name in _VOCAB_COLUMNS}
     if _RESIDUAL_SITE.search(units.hook_name) and w_dec.shape[1] == int(model.cfg.d_model):
-        w_u = unembed(model)
-        w_u = w_u * _safe_inverse(w_u.norm(dim=0))
-        # Blocks of latents keep the [block, d_vocab] float64 matrix near 64 MiB.
-        step = max(1, 2**23 // w_u.shape[1])
-        parts = []
-        for start in range(0, d_sae, step):
-            rows = _unit_rows(w_dec[start : start + step])
-            parts.append(Moments.of((rows @ w_u).T))  # Moments reduce over rows: the vocabulary
-        for name, attr in zip(_VOCAB_COLUMNS, ("mean", "var", "skew", "kurt"), strict=True):
-            vocab[name] = torch.cat([getattr(m, attr) for m in parts]).numpy()
+        moments = direction_vocab_moments(model, w_dec)
+        vocab = {name: moments[name].to_numpy() for name in _VOCAB_COLUMNS}
     for name, values in vocab.items():
         table[name] = values
     if tokens is not None:

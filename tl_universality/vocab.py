@@ -80,6 +80,26 @@ def _safe_inverse(norms: Tensor) -> Tensor:
     return torch.where(norms > 0, 1.0 / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
 
 
+def _direction_blocks(
+    directions: Float[Tensor, "n d_model"],
+    W_U: Float[Tensor, "d_model d_vocab"],
+    kind: CompositionKind,
+    chunk_size: int | None,
+) -> Iterator[tuple[int, Float[Tensor, "block d_vocab"]]]:
+    """Yield ``(first_row, values)`` blocks of ``directions`` read through ``W_U``, float64."""
+    if kind not in ("cosine", "logit"):
+        raise ValueError(f"kind must be 'cosine' or 'logit', got {kind!r}.")
+    directions = directions.detach().to(W_U.device, torch.float64)
+    if kind == "cosine":
+        W_U = W_U * _safe_inverse(W_U.norm(dim=0))
+    block = chunk_size or max(1, _BLOCK_ELEMENTS // W_U.shape[1])
+    for start in range(0, directions.shape[0], block):
+        rows = directions[start : start + block]
+        if kind == "cosine":
+            rows = rows * _safe_inverse(rows.norm(dim=1))[:, None]
+        yield start, rows @ W_U
+
+
 def _composition_blocks(
     model: HookedModel,
     layers: list[int],
@@ -87,19 +107,40 @@ def _composition_blocks(
     chunk_size: int | None,
 ) -> Iterator[tuple[int, int, Float[Tensor, "block d_vocab"]]]:
     """Yield ``(layer, first_neuron, values)`` blocks of the vocabulary composition, float64."""
-    if kind not in ("cosine", "logit"):
-        raise ValueError(f"kind must be 'cosine' or 'logit', got {kind!r}.")
     W_U = unembed(model)
-    if kind == "cosine":
-        W_U = W_U * _safe_inverse(W_U.norm(dim=0))
-    block = chunk_size or max(1, _BLOCK_ELEMENTS // W_U.shape[1])
     for layer in layers:
-        W_out = w_out(model, layer)
-        for start in range(0, W_out.shape[0], block):
-            rows = W_out[start : start + block]
-            if kind == "cosine":
-                rows = rows * _safe_inverse(rows.norm(dim=1))[:, None]
-            yield layer, start, rows @ W_U
+        for start, values in _direction_blocks(w_out(model, layer), W_U, kind, chunk_size):
+            yield layer, start, values
+
+
+def direction_vocab_moments(
+    model: HookedModel,
+    directions: Float[Tensor, "n d_model"],
+    *,
+    kind: CompositionKind = "cosine",
+    chunk_size: int | None = None,
+) -> pd.DataFrame:
+    """``vocab_mean, vocab_var, vocab_skew, vocab_kurt`` of any residual-stream directions (one
+    row each) read through ``model``'s unembedding, e.g. SAE decoder rows; the same statistics
+    :func:`vocab_moments` gives for neurons' ``w_out``.
+
+    Example:
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
+        ...                               act_fn="relu", seed=0)
+        >>> direction_vocab_moments(HookedTransformer(cfg), torch.randn(3, 16)).shape
+        (3, 4)
+    """
+    parts = [
+        Moments.of(values.T)  # Moments reduce over rows: here the vocabulary
+        for _, values in _direction_blocks(directions, unembed(model), kind, chunk_size)
+    ]
+    return pd.DataFrame(
+        {
+            f"vocab_{name}": torch.cat([getattr(m, name) for m in parts]).numpy()
+            for name in ("mean", "var", "skew", "kurt")
+        }
+    )
 
 
 def vocab_composition(
@@ -180,22 +221,14 @@ def vocab_moments(
         >>> table.shape, list(table.columns)
         ((64, 6), ['layer', 'neuron', 'vocab_mean', 'vocab_var', 'vocab_skew', 'vocab_kurt'])
     """
-    chosen = _layers(model, layers)
     frames = []
-    for layer, start, values in _composition_blocks(model, chosen, kind, chunk_size):
-        m = Moments.of(values.T)  # Moments reduce over rows: here the vocabulary
-        frames.append(
-            pd.DataFrame(
-                {
-                    "layer": np.full(values.shape[0], layer, dtype=np.int64),
-                    "neuron": np.arange(start, start + values.shape[0], dtype=np.int64),
-                    "vocab_mean": m.mean.numpy(),
-                    "vocab_var": m.var.numpy(),
-                    "vocab_skew": m.skew.numpy(),
-                    "vocab_kurt": m.kurt.numpy(),
-                }
-            )
+    for layer in _layers(model, layers):
+        table = direction_vocab_moments(
+            model, w_out(model, layer), kind=kind, chunk_size=chunk_size
         )
+        table.insert(0, "neuron", np.arange(len(table), dtype=np.int64))
+        table.insert(0, "layer", np.full(len(table), layer, dtype=np.int64))
+        frames.append(table)
     return pd.concat(frames, ignore_index=True)
 
 
