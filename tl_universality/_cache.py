@@ -23,7 +23,7 @@ CACHE_ENV = "TL_UNIVERSALITY_CACHE"
 def cache_root() -> Path:
     """The root cache folder (created on first use).
 
-    Example:
+    Examples:
         >>> cache_root().name in {"tl_universality"} or "TL_UNIVERSALITY_CACHE" in os.environ
         True
     """
@@ -39,7 +39,7 @@ def cache_root() -> Path:
 def stable_hash(obj: Any, length: int = 12) -> str:
     """A short hash of a JSON-serialisable object, stable across runs and machines.
 
-    Example:
+    Examples:
         >>> stable_hash({"b": 1, "a": 2}) == stable_hash({"a": 2, "b": 1})
         True
     """
@@ -51,7 +51,7 @@ def stable_hash(obj: Any, length: int = 12) -> str:
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``final`` only if the block succeeds.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> target = Path(tempfile.mkdtemp()) / "entry"
         >>> with atomic_dir(target) as tmp:

@@ -46,7 +46,7 @@ def register_model_accessor(
     Warns when the name is already taken by something else; re-registering the same accessor
     class (e.g. on module reload) is silent.
 
-    Example:
+    Examples:
         >>> import torch.nn as nn
         >>> class Toy(nn.Module):
         ...     pass
@@ -100,7 +100,7 @@ class UniversalityAccessor:
     Every method is a thin call of the free function of the same name, which takes the model as its
     first argument and works on any :class:`~tl_universality.protocol.HookedModel`.
 
-    Example:
+    Examples:
         >>> import tl_universality  # registers the accessor
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10,

@@ -70,7 +70,7 @@ class UnitIndex:
     Units are ordered hook by hook (layer by layer for the default MLP units), each hook's units
     in their natural order.
 
-    Example:
+    Examples:
         >>> idx = UnitIndex(("blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post"), (3, 3), (0, 1))
         >>> idx.n_units, idx.locate(4), idx.flat(1, 1)
         (6, (1, 1), 4)
@@ -210,7 +210,7 @@ def unit_index(model: HookedModel, units: UnitsSpec = None) -> UnitIndex:
     The default MLP units take their width from ``cfg.d_mlp``; other hooks are measured with a
     one-token forward pass, which also proves that they fire.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=4, d_head=4, d_vocab=10,
         ...                               act_fn="relu")
@@ -349,7 +349,7 @@ def stream_activations(
         max_tokens: stop after this many tokens.
         bos_token_id: BOS id of a token tensor when the models have no tokenizer.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, d_vocab=10,
         ...                               act_fn="relu", seed=0)

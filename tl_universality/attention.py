@@ -98,7 +98,7 @@ def bos_keys(
 
     Grouped-query models are expanded to one key per query head.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> model = HookedTransformer(HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=4,
         ...     d_head=4, n_heads=2, d_vocab=10, act_fn="relu", seed=0))
@@ -127,7 +127,7 @@ def bos_query_directions(
     weight where the model has them (module docstring): the dot product of any residual vector with
     ``g`` is the change of the head's BOS attention logit it causes through the query.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> model = HookedTransformer(HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=4,
         ...     d_head=4, n_heads=2, d_vocab=10, act_fn="relu", seed=0))
@@ -305,7 +305,7 @@ def attention_deactivation_scores(
     Returns:
         An :class:`AttentionDeactivationScores` (tensor and ranked table).
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> model = HookedTransformer(HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=4,
         ...     d_head=4, n_heads=2, d_vocab=10, d_mlp=16, act_fn="relu", seed=0))
@@ -497,7 +497,7 @@ def path_ablation(
     Returns:
         A :class:`PathAblationResult` (per-token table, correlations, plot).
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> model = HookedTransformer(HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=4,
         ...     d_head=4, n_heads=2, d_vocab=10, d_mlp=16, act_fn="relu", seed=0))

@@ -177,7 +177,7 @@ def head_composition(
         A :class:`HeadComposition` with one ``[n_layers, d_mlp, n_layers, n_heads]`` tensor per
         kind and a long-table view.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=4, n_heads=2,
         ...                               d_vocab=20, d_mlp=8, act_fn="gelu", seed=0)

@@ -14,7 +14,7 @@ Both the corpus and the tokenizer are built once and cached under ``cache_root()
   from its ``name_or_path`` to switch on BOS, so the tokenizer we hand out is always the one
   *reloaded* from that folder, never the in-memory object we trained.
 
-Example:
+Examples:
     >>> docs = build_corpus()
     >>> len(docs) > 1000 and all(isinstance(d, str) and d for d in docs)
     True
@@ -52,7 +52,7 @@ _MIN_DOCSTRING_CHARS = 32
 def stdlib_dir() -> Path:
     """The folder holding the running interpreter's pure-Python standard library.
 
-    Example:
+    Examples:
         >>> (stdlib_dir() / "ast.py").is_file()
         True
     """
@@ -65,7 +65,7 @@ def stdlib_files() -> list[Path]:
     Test suites, ``site-packages``, codec tables, build configuration and ``pydoc_data`` (whose
     topics are added separately, as text) are skipped.
 
-    Example:
+    Examples:
         >>> files = stdlib_files()
         >>> files == sorted(files) and not any("test" in f.parts for f in files)
         True
@@ -118,7 +118,7 @@ def _gather_documents(include_source: bool) -> list[str]:
 def corpus_key(include_source: bool = False) -> dict:
     """The settings a corpus depends on: Python version, corpus format and options.
 
-    Example:
+    Examples:
         >>> corpus_key()["include_source"]
         False
     """
@@ -133,7 +133,7 @@ def corpus_key(include_source: bool = False) -> dict:
 def corpus_path(include_source: bool = False) -> Path:
     """The cached ``corpus.jsonl`` for these options, building it on first use.
 
-    Example:
+    Examples:
         >>> corpus_path().name
         'corpus.jsonl'
     """
@@ -165,7 +165,7 @@ def build_corpus(include_source: bool = False) -> list[str]:
     Returns:
         The documents, as non-empty strings.
 
-    Example:
+    Examples:
         >>> docs = build_corpus()
         >>> docs == build_corpus()
         True
@@ -186,7 +186,7 @@ def build_corpus(include_source: bool = False) -> list[str]:
 def corpus_info(include_source: bool = False) -> dict:
     """Size of the default corpus: number of documents and characters (from the cache).
 
-    Example:
+    Examples:
         >>> corpus_info()["n_documents"] > 1000
         True
     """
@@ -197,7 +197,7 @@ def corpus_info(include_source: bool = False) -> dict:
 def tokenizer_folder(vocab_size: int = 4096, include_source: bool = False) -> Path:
     """Where the default tokenizer with these settings is (or will be) cached.
 
-    Example:
+    Examples:
         >>> tokenizer_folder(512).parent.name
         'tokenizer'
     """
@@ -253,7 +253,7 @@ def train_tokenizer(
     Returns:
         The reloaded ``transformers`` fast tokenizer.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> tok = train_tokenizer(300, folder=tempfile.mkdtemp(), documents=["hello world"] * 10)
         >>> tok.decode(tok("hello world").input_ids), tok.bos_token_id
@@ -311,7 +311,7 @@ def load_default_tokenizer(
     Returns:
         A fast tokenizer usable as ``HookedTransformer(cfg, tokenizer=tok)``.
 
-    Example:
+    Examples:
         >>> tok = load_default_tokenizer(512)
         >>> len(tok), tok.bos_token, tok.decode(tok("def f(x):").input_ids)
         (512, '<|endoftext|>', 'def f(x):')

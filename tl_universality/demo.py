@@ -111,7 +111,7 @@ def run_demo(
         device: Where the models run.
         max_tokens: Use at most this many held-out tokens (default: all of them).
 
-    Example:
+    Examples:
         >>> run_demo("out", preset="tiny")  # doctest: +SKIP
     """
     from tl_universality.attention import attention_deactivation_scores, path_ablation

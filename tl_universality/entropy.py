@@ -64,7 +64,7 @@ def default_null_space_dim(d_model: int) -> int:
     the bottom ~40 singular directions of GPT-2 small's ``W_U`` that follow-up work on entropy
     neurons treats as its effective null space.
 
-    Example:
+    Examples:
         >>> default_null_space_dim(768), default_null_space_dim(32)
         (38, 1)
     """
@@ -112,7 +112,7 @@ def null_space_basis(
     They are eigenvectors of ``R Rᵀ`` (float64), so a singular value below about ``1e-8`` times the
     largest reads as 0.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> model = HookedTransformer(HookedTransformerConfig(
         ...     n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, act_fn="relu", seed=0))
@@ -162,7 +162,7 @@ def entropy_neuron_scores(model: HookedModel, null_space_dim: int | None = None)
         null_space_dim: How many of the smallest singular directions span the near-null space
             (default :func:`default_null_space_dim`, about 5% of ``d_model``).
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> model = HookedTransformer(HookedTransformerConfig(
         ...     n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, act_fn="relu", seed=0))
@@ -242,7 +242,7 @@ def matched_random_neurons(
     ``4 n`` of them (or all there are), of which ``n`` are drawn at random. The pool keeps the draw
     random while keeping norms close, even for a candidate whose norm is an outlier.
 
-    Example:
+    Examples:
         >>> norms = torch.tensor([[1.0, 1.1, 5.0, 0.9, 4.0, 1.05, 0.1, 0.2, 0.3]])
         >>> matched = matched_random_neurons(norms, [(0, 2)], n=1)[(0, 2)]
         >>> len(matched), matched[0] in [(0, 4), (0, 1), (0, 5), (0, 0)]  # the 4 closest in norm
@@ -494,7 +494,7 @@ def entropy_intervention(
     Returns:
         An :class:`EntropyInterventionResult`.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> model = HookedTransformer(HookedTransformerConfig(
         ...     n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, act_fn="relu", seed=0))

@@ -24,7 +24,7 @@ Entry points: :func:`explain` (top features per neuron), :func:`families` (one l
 with an HTML view), and :func:`variance_reduction_stream`, the engine under all of them, which takes
 any stream of activation batches.
 
-Example:
+Examples:
     >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
     >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, d_vocab=6,
     ...                               act_fn="relu", seed=0)
@@ -87,7 +87,7 @@ class VarianceReductionStats:
         n_neurons: Width of the activations passed to :meth:`update`.
         neurons: ``layer, neuron`` label of each activation column (default layer 0, 0..n-1).
 
-    Example:
+    Examples:
         >>> from tl_universality.features import PositionFeatures
         >>> from tl_universality.activations import ActivationBatch
         >>> toks = torch.zeros(2, 6, dtype=torch.long)
@@ -365,7 +365,7 @@ def variance_reduction_stream(
         neurons: ``layer, neuron`` label of each explained column.
         model_index: Which model's activations in ``batch.acts``.
 
-    Example:
+    Examples:
         >>> from tl_universality.activations import ActivationBatch
         >>> from tl_universality.features import UnigramFeatures
         >>> toks = torch.tensor([[0, 1, 2, 1, 2]])
@@ -399,7 +399,7 @@ def variance_reduction_stream(
 def neuron_frame(model: HookedModel, neurons: NeuronsSpec = None) -> pd.DataFrame:
     """``layer, neuron`` of the requested MLP neurons, checked, unique and sorted.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> model = HookedTransformer(HookedTransformerConfig(
         ...     n_layers=2, d_model=8, n_ctx=4, d_head=4, d_vocab=10, act_fn="relu"))
@@ -573,7 +573,7 @@ def label_families(
         explanations: Rows with ``layer, neuron, feature, family, variance_reduction``.
         thresholds: Per-family thresholds overriding the catalogue's.
 
-    Example:
+    Examples:
         >>> expl = pd.DataFrame({"layer": [0, 0, 0], "neuron": [1, 1, 2],
         ...                      "feature": ["token:'a'", "token_set:first_letter_a", "x"],
         ...                      "family": ["unigram", "alphabet", "unigram"],
@@ -626,7 +626,7 @@ def families(
 def family_counts(labels: pd.DataFrame) -> pd.DataFrame:
     """Neurons per family (columns, catalogue order, then ``none``) and layer (rows), + total.
 
-    Example:
+    Examples:
         >>> labels = pd.DataFrame({"layer": [0, 0, 1], "family": ["unigram", "none", "unigram"]})
         >>> family_counts(labels).to_dict("index")
         {0: {'unigram': 1, 'none': 1, 'total': 2}, 1: {'unigram': 1, 'none': 0, 'total': 1}}
@@ -662,7 +662,7 @@ class ActivatingExample:
 class TopActivations:
     """The contexts on which one neuron fires most, best first.
 
-    Example:
+    Examples:
         >>> ex = ActivatingExample(2.0, 0, 1, ["<s>", "<b>"], [math.nan, 2.0], 1)
         >>> top = TopActivations(0, 3, [ex])
         >>> top.to_dataframe()[["rank", "activation", "token"]].values.tolist()

@@ -26,7 +26,7 @@ Families (unigram, alphabet, previous-token, position, syntax, semantic, and tok
 families such as case or number) live in a small registry with the paper's membership thresholds
 (variance reduction > 0.5; alphabet 0.35); :func:`register_family` adds one.
 
-Example:
+Examples:
     >>> vocab = ["<bos>", " the", "The", " cat", ","]
     >>> fs = FeatureSet([TokenSetFeatures.from_registry(vocab, ["capitalised"]),
     ...                  UnigramFeatures(vocab, ["the"]), PositionFeatures([0, 2])])
@@ -114,7 +114,7 @@ def register_family(
     Token sets are matched against the families' ``token_sets`` patterns newest first, so a
     family registered later can claim token sets from a built-in one.
 
-    Example:
+    Examples:
         >>> fam = register_family("doc_currency", 0.4, token_sets=["doc_dollar*"])
         >>> token_set_family("doc_dollar_sign"), family_thresholds()["doc_currency"]
         ('doc_currency', 0.4)
@@ -155,7 +155,7 @@ def get_family(name: str) -> Family:
 def list_families() -> pd.DataFrame:
     """The catalogue as a table: ``family, threshold, description, token_sets``.
 
-    Example:
+    Examples:
         >>> table = list_families().set_index("family")
         >>> table.loc[["unigram", "alphabet"], "threshold"].tolist()
         [0.5, 0.35]
@@ -173,7 +173,7 @@ def list_families() -> pd.DataFrame:
 def family_thresholds(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
     """``{family: threshold}`` of the catalogue, with ``overrides`` applied (unknown: KeyError).
 
-    Example:
+    Examples:
         >>> family_thresholds({"alphabet": 0.3})["alphabet"]
         0.3
     """
@@ -189,7 +189,7 @@ def token_set_family(set_name: str) -> str:
 
     Token sets no family claims are :data:`TOKEN_PROPERTY`.
 
-    Example:
+    Examples:
         >>> token_set_family("first_letter_q"), token_set_family("year")
         ('alphabet', 'number')
     """
@@ -245,7 +245,7 @@ def normalise_token(s: str) -> str:
 
     ``" The"``, ``"the"`` and ``" THE"`` are one unigram; a lone space stays a space.
 
-    Example:
+    Examples:
         >>> [normalise_token(s) for s in [" The", "the", " ", "\\n"]]
         ['the', 'the', ' ', '\\n']
     """
@@ -405,7 +405,7 @@ class TokenSetFeatures(IndicatorGroup):
         previous: Read the previous token instead of the current one.
         families: Family of each set, overriding the catalogue (current token only).
 
-    Example:
+    Examples:
         >>> g = TokenSetFeatures({"odd": np.array([False, True, False, True])}, previous=True)
         >>> g.names, g.families
         (('prev_token_set:odd',), ('previous-token',))
@@ -477,7 +477,7 @@ class UnigramFeatures(PartitionGroup):
         unigrams: The normalised strings to make features for (unknown ones are an error).
         previous: Read the previous token.
 
-    Example:
+    Examples:
         >>> g = UnigramFeatures([" The", "the", " cat"], ["the", "cat"])
         >>> g.names, g.cells(FeatureContext.from_tokens(torch.tensor([[2, 0, 1]]))).tolist()
         (("token:'the'", "token:'cat'"), [1, 0, 0])
@@ -517,7 +517,7 @@ class UnigramFeatures(PartitionGroup):
     ) -> UnigramFeatures:
         """Features for the ``n`` most frequent normalised tokens, given per-id counts.
 
-        Example:
+        Examples:
             >>> UnigramFeatures.most_frequent([" a", "A", "b"], np.array([1, 2, 2]), 1).unigrams
             ('a',)
         """
@@ -533,7 +533,7 @@ def most_frequent_unigrams(
 ) -> list[str]:
     """The ``n`` normalised token strings with the highest total count (ties: first seen id).
 
-    Example:
+    Examples:
         >>> most_frequent_unigrams([" a", "A", "b", ""], np.array([1, 2, 2, 9]), 2)
         ['a', 'b']
     """
@@ -564,7 +564,7 @@ class PositionFeatures(PartitionGroup):
         starts: Increasing bin starts.
         thresholds: Add the "position >= e" features.
 
-    Example:
+    Examples:
         >>> PositionFeatures([0, 8, 16]).names
         ('position:[0,8)', 'position:[8,16)', 'position:>=16', 'position:>=8')
         >>> PositionFeatures.uniform(64, 4).starts
@@ -651,7 +651,7 @@ class UserFeature(IndicatorGroup):
             ``[n_sequences, seq]`` aligned with the token stream.
         family: A registered family (``"syntax"``, ``"semantic"`` or one of yours).
 
-    Example:
+    Examples:
         >>> verb = UserFeature("pos:VERB", lambda ctx: np.isin(ctx.strings, [" is", " runs"]))
         >>> ctx = FeatureContext.from_tokens(torch.tensor([[0, 1, 2]]), vocab=["<s>", " is", "x"])
         >>> verb.indicators(ctx)[:, 0].tolist()
@@ -687,7 +687,7 @@ class LabelFeatures(PartitionGroup):
             with the token stream; -1 (or any value outside ``0 .. len(labels) - 1``) = no label.
         family: A registered family.
 
-    Example:
+    Examples:
         >>> pos = LabelFeatures("pos", ["NOUN", "VERB"], np.array([[-1, 0, 1, 0]]))
         >>> pos.names, pos.cells(FeatureContext.from_tokens(torch.tensor([[0, 5, 6, 5]]),
         ...                                               bos_token_id=0)).tolist()
@@ -734,7 +734,7 @@ class FeatureSet:
         vocab: Token strings of the vocabulary (for features that read strings and for
             :attr:`FeatureContext.strings`).
 
-    Example:
+    Examples:
         >>> fs = FeatureSet([PositionFeatures([0, 4])]) + FeatureSet([PositionFeatures([0, 4])])
         Traceback (most recent call last):
         ...
@@ -840,7 +840,7 @@ def token_frequencies(
 ) -> Int[np.ndarray, " d_vocab"]:
     """How often each token id occurs in a token source (excluded ids count 0). Reads no model.
 
-    Example:
+    Examples:
         >>> from tl_universality.tokens import as_token_source
         >>> src = as_token_source(torch.tensor([[0, 1, 1, 2]]), bos_token_id=0)
         >>> token_frequencies(src, 4, exclude_token_ids=[0]).tolist()
@@ -893,7 +893,7 @@ def default_features(
         seq_len: Sequence length of text streams (default: ``min(512, cfg.n_ctx)`` for a model).
         max_tokens: Count unigrams on the first ``max_tokens`` tokens only.
 
-    Example:
+    Examples:
         >>> vocab = ["<s>", " the", "The", " cat", "."]
         >>> toks = torch.tensor([[0, 1, 3, 4, 2, 3]])
         >>> fs = default_features(vocab, toks, bos_token_id=0, n_unigrams=2, position_bins=2)

@@ -25,7 +25,7 @@ Scoping. Everything here adds hooks through ``with model.hooks(...)`` and remove
 block ends, whatever happens inside; a model's other hooks (yours, permanent ones) are never
 touched and ``reset_hooks()`` is never called.
 
-Example:
+Examples:
     >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
     >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10,
     ...                               act_fn="relu", seed=0)
@@ -81,7 +81,7 @@ class FixNeuron:
             or a tensor that broadcasts to ``[batch, pos]``, e.g. one value per sequence as
             ``[batch, 1]`` (several values in one forward pass).
 
-    Example:
+    Examples:
         >>> FixNeuron(1, 5, 0.0).fwd_hooks()[0][0]
         'blocks.1.mlp.hook_post'
     """
@@ -136,7 +136,7 @@ class FreezeLNScale:
         hook_name: The scale hook (``ln_final.hook_scale``; ``blocks.{l}.ln2.hook_scale`` etc. work
             too).
 
-    Example:
+    Examples:
         >>> freeze = FreezeLNScale(torch.ones(2, 3, 1))
         >>> freeze.hook_name
         'ln_final.hook_scale'
@@ -177,7 +177,7 @@ class RemoveFromQueryInput:
         w_out: The neuron's output weights ``W_out[neuron_layer, neuron]``, ``[d_model]``; see
             :meth:`from_model`.
 
-    Example:
+    Examples:
         >>> ablate = RemoveFromQueryInput(0, 3, 1, 2, torch.zeros(8))
         >>> ablate.hook_name, [name for name, _ in ablate.fwd_hooks()]
         ('blocks.1.hook_q_input', ['blocks.0.mlp.hook_post', 'blocks.1.hook_q_input'])
@@ -241,7 +241,7 @@ class RemoveFromQueryInput:
 def split_qkv_input(model: HookedModel) -> Iterator[HookedModel]:
     """Switch on ``cfg.use_split_qkv_input`` for a ``with`` block; restore the previous setting.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> model = HookedTransformer(HookedTransformerConfig(
         ...     n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, act_fn="relu"))
@@ -283,7 +283,7 @@ def apply(model: HookedModel, *interventions: Intervention) -> Iterator[HookedMo
     The hooks are added with ``model.hooks(...)`` and removed when the block ends, also on an
     exception; flags such as ``use_split_qkv_input`` are restored.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> model = HookedTransformer(HookedTransformerConfig(
         ...     n_layers=2, d_model=8, n_ctx=4, d_head=4, d_vocab=10, act_fn="relu", seed=0))
@@ -328,7 +328,7 @@ def run_with_interventions(
     Returns:
         ``(output, captured)``: the model's output and ``{hook_name: tensor}``.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> model = HookedTransformer(HookedTransformerConfig(
         ...     n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, act_fn="relu", seed=0))

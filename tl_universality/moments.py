@@ -24,7 +24,7 @@ class Moments:
     ``var``, ``skew`` and ``kurt`` are population moments; ``kurt`` is not excess (a Gaussian has
     3), as in the paper. Units with zero variance get NaN skew and kurtosis.
 
-    Example:
+    Examples:
         >>> x = torch.randn(1000, 3, dtype=torch.float64)
         >>> m = Moments.zeros(3)
         >>> for chunk in x.split(128):

@@ -72,7 +72,7 @@ def weight_stats(model: HookedModel, layers: LayersSpec = None) -> pd.DataFrame:
     MLPs also ``w_gate_norm`` (the gate computes the pre-activation there). No processing check
     here: :func:`neuron_stats` warns.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
         ...                               d_mlp=32, act_fn="gelu", seed=0)
@@ -129,7 +129,7 @@ def activation_moments(
         ``(pre, post)`` :class:`~tl_universality.moments.Moments` over ``[layers × d_mlp]`` units;
         ``pre.freq`` is the share of tokens with pre-activation > 0.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
         ...                               d_mlp=32, act_fn="gelu", seed=0)
@@ -233,7 +233,7 @@ def neuron_stats(
         **stream_kwargs: passed to ``stream_activations`` (``max_tokens``, ``exclude_token_ids``,
             ``bos_token_id`` for a tensor and a model without tokenizer, ...).
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
         ...                               d_mlp=32, act_fn="gelu", seed=0)
@@ -308,7 +308,7 @@ def join_correlation(table: pd.DataFrame, correlation: Any) -> pd.DataFrame:
     a name the neuron table already has gets the suffix ``_corr``. Rows the correlation result does
     not cover get NaN; if it covers none, it belongs to another model and ``ValueError`` is raised.
 
-    Example:
+    Examples:
         >>> table = pd.DataFrame({"layer": [0, 0], "neuron": [0, 1], "kurt": [3.0, 9.0]})
         >>> corr = pd.DataFrame({"layer": [0, 0], "neuron": [1, 0], "excess_corr": [0.6, 0.1],
         ...                      "is_universal": [True, False]})
@@ -349,7 +349,7 @@ def weight_cosines(
     ``"out_out"`` find neurons that read or write the same direction. Float64; processed weights
     assumed (module docstring).
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
         ...                               d_mlp=32, act_fn="gelu", seed=0)
@@ -387,7 +387,7 @@ def compare_universal(
         One row per property: ``property, universal_mean, other_mean, universal_median,
         other_median, n_universal, n_other``.
 
-    Example:
+    Examples:
         >>> t = pd.DataFrame({"kurt": [10.0, 12.0, 3.0, 4.0], "is_universal": [1, 1, 0, 0]})
         >>> compare_universal(t, ["kurt"])[["property", "universal_mean", "other_mean"]].values
         array([['kurt', 11.0, 3.5]], dtype=object)

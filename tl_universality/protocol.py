@@ -24,7 +24,7 @@ HookFn = Callable[..., Any]
 class HookedModel(Protocol):
     """What we use of a TransformerLens model: config, named hook points and scoped hooks.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10,
         ...                               act_fn="relu")
@@ -60,7 +60,7 @@ def has_mlps(model: HookedModel) -> bool:
 def mlp_hook_names(model: HookedModel, hook: str = "hook_post") -> list[str]:
     """Names of ``blocks.{l}.mlp.{hook}`` for every layer, checked to exist.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=4, d_head=4, d_vocab=10,
         ...                               act_fn="relu")
@@ -114,7 +114,7 @@ def check_same_tokenizer(models: Sequence[HookedModel]) -> None:
     Models must read the same token ids as the same tokens, or correlating their neurons on the
     same token stream compares different inputs.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> def make(v):
         ...     return HookedTransformer(HookedTransformerConfig(

@@ -104,7 +104,7 @@ SectionBuilder = Callable[[Path], Section | None]
 def build_report(results_dir: str | Path, *, title: str | None = None) -> Path:
     """Write ``results_dir/report/index.html`` and its PNG figures; return the HTML path.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> out = build_report(tempfile.mkdtemp())  # an empty folder gives an empty report
         >>> out.name

@@ -79,7 +79,7 @@ def prediction_neurons(
         The table with ``vocab_var_z`` (the robust z-score) and ``role`` (categorical, categories
         :data:`ROLES`) added.
 
-    Example:
+    Examples:
         >>> table = pd.DataFrame({"layer": [0, 0, 1, 1, 1], "neuron": [0, 1, 0, 1, 2],
         ...                       "vocab_var": [1e-3, 1.1e-3, 0.9e-3, 1e-3, 0.5],
         ...                       "vocab_skew": [3.0, -4.0, 0.1, 0.0, 0.0],
@@ -127,7 +127,7 @@ def prediction_neurons(
 def role_counts(roles: pd.DataFrame) -> pd.DataFrame:
     """Neurons per layer and role (a ``layer × role`` count table) from :func:`prediction_neurons`.
 
-    Example:
+    Examples:
         >>> roles = pd.DataFrame({"layer": [0, 1, 1],
         ...                       "role": pd.Categorical(["none", "prediction", "prediction"],
         ...                                              categories=list(ROLES))})
@@ -279,7 +279,7 @@ def token_set_scores(
         min_set_size: sets with fewer tokens in them, or outside them, are skipped.
         chunk_size: neurons per block (default: ~64 MiB blocks).
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, d_vocab=6,
         ...                               d_mlp=4, act_fn="gelu", seed=0)

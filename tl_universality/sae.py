@@ -52,7 +52,7 @@ def _sae_hook_name(sae: Any) -> str | None:
 class SAEUnits:
     """The latents of ``sae`` as units, read at ``hook_name`` (default: the SAE's own hook).
 
-    Example:
+    Examples:
         >>> from sae_lens import StandardSAE, StandardSAEConfig
         >>> sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=48))
         >>> units = SAEUnits(sae, hook_name="blocks.0.hook_resid_post")
@@ -128,7 +128,7 @@ def model_fingerprint(model: Any) -> str:
     Two models with equal weights get the same fingerprint, whatever object holds them; any change
     to a weight changes it. Used to key cached SAEs by the model they were trained on.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10,
         ...                               act_fn="relu", seed=0)
@@ -321,7 +321,7 @@ def train_sae(
         ``sae.cfg.metadata`` carries ``hook_name``, ``model_name`` and the training summary
         (``l0``, ``num_dead_features``); the cache folder is ``sae.cfg.metadata.cache_folder``.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=16, d_head=4,
         ...                               d_vocab=50, d_mlp=64, act_fn="relu", seed=0)
@@ -509,7 +509,7 @@ def train_family_saes(
         tokens: training tokens (default ``family.train_tokens()``).
         **kwargs: passed on to :func:`train_sae` (``d_sae`` is required).
 
-    Example:
+    Examples:
         >>> from tl_universality.seeds import train_seed_family
         >>> family = train_seed_family("tiny", progress=False)  # doctest: +SKIP
         >>> saes = train_family_saes(family, "blocks.0.hook_mlp_out", d_sae=128)  # doctest: +SKIP
@@ -526,7 +526,7 @@ def load_pretrained_sae(release: str, sae_id: str, *, device: str = "cpu", **kwa
     A thin wrapper over ``sae_lens.SAE.from_pretrained``: the result works as units like any other
     (``SAEUnits(sae)``), at the hook it names in ``sae.cfg.metadata.hook_name``.
 
-    Example:
+    Examples:
         >>> sae = load_pretrained_sae(  # doctest: +SKIP
         ...     "gpt2-small-res-jb", "blocks.8.hook_resid_pre"
         ... )
@@ -581,7 +581,7 @@ def latent_universality(
     Returns:
         A :class:`~tl_universality.correlation.CorrelationResult` over latents.
 
-    Example:
+    Examples:
         >>> from sae_lens import StandardSAE, StandardSAEConfig
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
@@ -678,7 +678,7 @@ def neuron_latent_correlation(
     Returns:
         A :class:`NeuronLatentCorrelation`.
 
-    Example:
+    Examples:
         >>> from sae_lens import StandardSAE, StandardSAEConfig
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
@@ -769,7 +769,7 @@ def decoder_similarity(
         ``sae_b``: what an unrelated pair gives), and with a ``CorrelationResult`` also
         ``max_corr`` and ``excess_corr``.
 
-    Example:
+    Examples:
         >>> from sae_lens import StandardSAE, StandardSAEConfig
         >>> _ = torch.manual_seed(0)
         >>> a = StandardSAE(StandardSAEConfig(d_in=16, d_sae=8))
@@ -876,7 +876,7 @@ def sae_unit_stats(
         batch_size, progress: streaming settings.
         **stream_kwargs: passed to ``stream_activations`` (``max_tokens``, ``bos_token_id``, ...).
 
-    Example:
+    Examples:
         >>> from sae_lens import StandardSAE, StandardSAEConfig
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
@@ -952,7 +952,7 @@ _VOCAB_COLUMNS = ("vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt")
 def units_layer(units: SAEUnits) -> int:
     """The block an SAE's hook belongs to (its ``layer`` in unit tables; -1 outside blocks).
 
-    Example:
+    Examples:
         >>> from sae_lens import StandardSAE, StandardSAEConfig
         >>> units_layer(SAEUnits(StandardSAE(StandardSAEConfig(d_in=4, d_sae=8)),
         ...                      "blocks.3.hook_mlp_out"))

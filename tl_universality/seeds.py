@@ -20,7 +20,7 @@ detected and rebuilt with a warning (see :func:`train_seed_family`, :func:`load_
 
 See ``docs/seed_family.md`` for the presets' measured sizes, times and losses.
 
-Example:
+Examples:
     >>> PRESETS["tiny"].n_layers, len(PRESETS["tiny"].seeds)
     (2, 3)
     >>> SeedFamilyConfig.from_dict(PRESETS["demo"].to_dict()) == PRESETS["demo"]
@@ -88,7 +88,7 @@ class SeedFamilyConfig:
         split_seed: Seed of the train / held-out split.
         data_seed: Seed of the (shared) order in which training sequences are visited.
 
-    Example:
+    Examples:
         >>> cfg = SeedFamilyConfig(steps=10, warmup=2, seeds=(0, 1))
         >>> cfg.n_params_estimate > 0
         True
@@ -181,7 +181,7 @@ class SeedFamilyConfig:
     def replace(self, **changes: Any) -> SeedFamilyConfig:
         """A copy with some fields changed (validated again).
 
-        Example:
+        Examples:
             >>> PRESETS["tiny"].replace(steps=20).steps
             20
         """
@@ -335,7 +335,7 @@ def _json_safe_cfg(cfg: Any) -> dict[str, Any]:
 def save_seed_model(model: Any, folder: str | Path, extra: dict[str, Any] | None = None) -> None:
     """Save a model as ``model.safetensors`` + ``config.json`` (+ ``train.json``), atomically.
 
-    Example:
+    Examples:
         >>> import tempfile, torch
         >>> from tl_universality.seeds import PRESETS
         >>> from transformer_lens import HookedTransformer
@@ -446,7 +446,7 @@ def batch_order(config: SeedFamilyConfig, n_sequences: int) -> Int[Tensor, "step
     Epochs are shuffled with ``data_seed`` (not the model seed), so every seed sees the same data
     in the same order.
 
-    Example:
+    Examples:
         >>> order = batch_order(PRESETS["tiny"], n_sequences=100)
         >>> order.shape, bool((order < 100).all())
         (torch.Size([60, 16]), True)
@@ -461,7 +461,7 @@ def batch_order(config: SeedFamilyConfig, n_sequences: int) -> Int[Tensor, "step
 def mean_loss(model: Any, tokens: Int[Tensor, "n seq"], batch_size: int = 64) -> float:
     """Mean next-token cross-entropy (nats) of ``model`` over ``tokens`` (all positions).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from transformer_lens import HookedTransformer
         >>> model = HookedTransformer(PRESETS["tiny"].model_config(seed=0, d_vocab=300))
@@ -570,7 +570,7 @@ def family_folder(
 ) -> Path:
     """The cache folder of a family trained on the default corpus (or on other data).
 
-    Example:
+    Examples:
         >>> family_folder("tiny").name.startswith("tiny-")
         True
     """
@@ -639,7 +639,7 @@ def train_seed_family(
     Returns:
         The :class:`SeedFamily`.
 
-    Example:
+    Examples:
         >>> family = train_seed_family("tiny", progress=False)  # doctest: +SKIP
         >>> [round(x, 2) for x in family.held_out_loss]  # doctest: +SKIP
         [5.29, 5.28, 5.31]
@@ -779,7 +779,7 @@ def _versions() -> dict[str, str]:
 def load_family_folder(folder: str | Path, *, device: str = "cpu") -> SeedFamily:
     """Load the seed family saved in ``folder`` (one holding ``family.json``), never training.
 
-    Example:
+    Examples:
         >>> load_family_folder("~/.cache/tl_universality/seeds/demo-3a2e83f90776")  # doctest: +SKIP
     """
     folder = Path(folder).expanduser()
@@ -799,7 +799,7 @@ def load_seed_family(
         FileNotFoundError: The family was never trained with these settings.
         CorruptCacheError: The cached folder is damaged (``train_seed_family`` repairs it).
 
-    Example:
+    Examples:
         >>> load_seed_family("demo").config.name  # doctest: +SKIP
         'demo'
     """

@@ -12,7 +12,7 @@ a byte-level BPE token ``"Ġthe"`` is the string ``" the"`` (the ``Ġ`` marker i
 know (a model's padded vocabulary) decode to ``""`` and special tokens (``<|endoftext|>``) belong to
 no set.
 
-Example:
+Examples:
     >>> masks = token_set_masks(["<s>", " the", " January", "The", " 1999", "7", "(", ")."],
     ...                         names=["leading_space", "capitalised", "year", "open_bracket"])
     >>> {name: mask.nonzero()[0].tolist() for name, mask in masks.items()}
@@ -56,7 +56,7 @@ def register_token_set(
     Use as a call or as a decorator. ``fn`` receives the decoded token string (with its leading
     space, if any) and returns whether the token belongs to the set.
 
-    Example:
+    Examples:
         >>> @register_token_set("doc_example_dollar", description="contains a dollar sign")
         ... def _dollar(s):
         ...     return "$" in s
@@ -99,7 +99,7 @@ def unregister_token_set(name: str) -> None:
 def list_token_sets() -> dict[str, str]:
     """``{name: description}`` of every registered token set, in registration order.
 
-    Example:
+    Examples:
         >>> sets = list_token_sets()
         >>> sets["year"]
         'an integer from 1490 to 2200 (four digits, optional leading space)'
@@ -198,7 +198,7 @@ def vocab_strings(tokenizer: Any, d_vocab: int | None = None) -> list[str]:
         d_vocab: length of the result (default: the model's ``cfg.d_vocab`` when given a model,
             else the tokenizer's size).
 
-    Example:
+    Examples:
         >>> from tokenizers import Tokenizer, decoders, models
         >>> from transformers import PreTrainedTokenizerFast
         >>> backend = Tokenizer(models.BPE(vocab={"<|endoftext|>": 0, "Ġthe": 1, "Ã©": 2},
@@ -306,7 +306,7 @@ def token_set_masks(
     Returns:
         ``{name: mask}`` with ``mask[v]`` true when token ``v`` is in the set.
 
-    Example:
+    Examples:
         >>> masks = token_set_masks([" Monday", "monday", " she", "Her", " 12"],
         ...                         names=["weekdays", "pronoun_third_feminine", "numeric"])
         >>> {k: v.tolist() for k, v in masks.items()}  # doctest: +NORMALIZE_WHITESPACE
@@ -335,7 +335,7 @@ def token_set_masks(
 def token_set_frame(tokenizer: Any, names: Iterable[str] | None = None, **kwargs: Any) -> Any:
     """The masks as a pandas DataFrame, one row per token id (``token`` column + one per set).
 
-    Example:
+    Examples:
         >>> token_set_frame([" 1999", "x"], names=["year"]).to_dict("list")
         {'token': [' 1999', 'x'], 'year': [True, False]}
     """
@@ -495,7 +495,7 @@ def masks_matrix(
 ) -> Bool[np.ndarray, "sets d_vocab"]:
     """Stack masks into a ``[sets, d_vocab]`` array (dict order).
 
-    Example:
+    Examples:
         >>> masks_matrix({"a": np.array([True, False]), "b": np.array([False, False])}).shape
         (2, 2)
     """

@@ -25,7 +25,7 @@ Sources:
 Splits are assigned per document (per row for 2-D tensors, per chunk for 1-D ones) by a hash of
 ``(seed, index)``, so a stream is split while it is read and both parts are reproducible.
 
-Example:
+Examples:
     >>> import torch
     >>> src = as_token_source(torch.arange(1, 40), seq_len=8, bos_token_id=0)
     >>> next(iter(src.sequences())).tolist()
@@ -74,7 +74,7 @@ class TokenSource:
         bos_token_id: The id every sequence starts with.
         name: A short description used in error messages and reports.
 
-    Example:
+    Examples:
         >>> import torch
         >>> src = TensorTokenSource(torch.tensor([[0, 5, 6], [0, 7, 8], [0, 9, 9]]), 0)
         >>> train, held = src.split(held_out=0.5, seed=1)
@@ -144,7 +144,7 @@ class TokenSource:
     def batches(self, batch_size: int) -> Iterator[Int[Tensor, "batch seq"]]:
         """Yield ``[batch_size, seq_len]`` batches; the last one may be smaller.
 
-        Example:
+        Examples:
             >>> import torch
             >>> src = TensorTokenSource(torch.zeros(5, 4, dtype=torch.long), 0)
             >>> [tuple(b.shape) for b in src.batches(2)]
@@ -164,7 +164,7 @@ class TokenSource:
     def to_tensor(self) -> Int[Tensor, "n seq"]:
         """All sequences stacked into one ``[n_sequences, seq_len]`` tensor (reads everything).
 
-        Example:
+        Examples:
             >>> import torch
             >>> TensorTokenSource(torch.zeros(3, 4, dtype=torch.long), 0).to_tensor().shape
             torch.Size([3, 4])
@@ -212,7 +212,7 @@ class TokenSource:
             held_out: Expected fraction of units held out, in (0, 1).
             seed: Different seeds give different splits.
 
-        Example:
+        Examples:
             >>> import torch
             >>> src = TensorTokenSource(torch.zeros(100, 4, dtype=torch.long), 0)
             >>> train, held = src.split(0.2, seed=0)
@@ -232,7 +232,7 @@ class TokenSource:
     def limit(self, max_tokens: int) -> TokenSource:
         """A source that stops after ``max_tokens`` tokens, rounded down to whole sequences.
 
-        Example:
+        Examples:
             >>> import torch
             >>> src = TensorTokenSource(torch.zeros(10, 4, dtype=torch.long), 0)
             >>> src.limit(9).n_tokens
@@ -269,7 +269,7 @@ class TensorTokenSource(TokenSource):
         prepend_bos: Prepend BOS to the rows of a 2-D tensor.
         name: Description for messages.
 
-    Example:
+    Examples:
         >>> import torch
         >>> src = TensorTokenSource(torch.tensor([[5, 6], [7, 8]]), 0, prepend_bos=True)
         >>> src.to_tensor().tolist()
@@ -405,7 +405,7 @@ class TextFileSource(TextTokenSource):
 
     Read line by line, so the file never has to fit in memory.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> from tl_universality.corpus import load_default_tokenizer
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
@@ -437,7 +437,7 @@ class TextFileSource(TextTokenSource):
 class JsonlSource(TextTokenSource):
     """A JSON-lines file, one document per line in the field ``text_field``; blank lines skipped.
 
-    Example:
+    Examples:
         >>> import json, tempfile, pathlib
         >>> from tl_universality.corpus import load_default_tokenizer
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.jsonl"
@@ -475,7 +475,7 @@ class JsonlSource(TextTokenSource):
 class ParquetSource(TextTokenSource):
     """A parquet file's text column, read ``_PARQUET_BATCH`` rows at a time with pyarrow.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib, pyarrow as pa, pyarrow.parquet as pq
         >>> from tl_universality.corpus import load_default_tokenizer
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.parquet"
@@ -528,7 +528,7 @@ class HFDatasetSource(TextTokenSource):
         **load_kwargs: Passed to ``datasets.load_dataset`` (e.g. a config name as ``name=...``,
             ``data_files=...``).
 
-    Example:
+    Examples:
         >>> from tl_universality.corpus import load_default_tokenizer
         >>> src = HFDatasetSource("NeelNanda/pile-10k", load_default_tokenizer(512))
         >>> next(src.documents())[:10]  # doctest: +SKIP
@@ -586,7 +586,7 @@ class DefaultCorpusSource(TextTokenSource):
         seq_len: Tokens per sequence, BOS included.
         include_source: Include the standard library's source code.
 
-    Example:
+    Examples:
         >>> from tl_universality.corpus import load_default_tokenizer
         >>> src = DefaultCorpusSource(load_default_tokenizer(512), seq_len=64)
         >>> seq = next(src.sequences())
@@ -648,7 +648,7 @@ def as_token_source(
         bos_token_id: BOS id for tensors, when there is no tokenizer.
         prepend_bos: Prepend BOS to the rows of a 2-D tensor.
 
-    Example:
+    Examples:
         >>> import torch
         >>> src = as_token_source(torch.tensor([[0, 1, 2], [0, 3, 4]]), bos_token_id=0)
         >>> src.n_tokens
@@ -701,7 +701,7 @@ def as_token_source(
 def check_fits(source: TokenSource, model: Any) -> None:
     """Raise :class:`SequenceTooLongError` if the sequences are longer than ``model.cfg.n_ctx``.
 
-    Example:
+    Examples:
         >>> import torch, types
         >>> src = TensorTokenSource(torch.zeros(1, 8, dtype=torch.long), 0)
         >>> check_fits(src, types.SimpleNamespace(cfg=types.SimpleNamespace(n_ctx=8)))

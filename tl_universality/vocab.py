@@ -124,7 +124,7 @@ def direction_vocab_moments(
     row each) read through ``model``'s unembedding, e.g. SAE decoder rows; the same statistics
     :func:`vocab_moments` gives for neurons' ``w_out``.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
         ...                               act_fn="relu", seed=0)
@@ -166,7 +166,7 @@ def vocab_composition(
         dtype: dtype of the returned tensor (computed in float64).
         chunk_size: neurons per block (default: ~64 MiB blocks).
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
         ...                               d_mlp=32, act_fn="gelu", seed=0)
@@ -213,7 +213,7 @@ def vocab_moments(
         kind: moments of the cosines (default, the paper's) or of the raw logit effects.
         chunk_size: neurons per block (default: ~64 MiB blocks).
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
         ...                               d_mlp=32, act_fn="gelu", seed=0)
@@ -255,7 +255,7 @@ def top_tokens(
         tokenizer: tokenizer for the strings (default ``model.tokenizer``; without one the token
             column holds the ids as text).
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
         ...                               d_mlp=32, act_fn="gelu", seed=0)
@@ -302,7 +302,7 @@ def weight_processing_notes(model: HookedModel, atol: float = 1e-4) -> list[str]
     Processed models come from ``HookedTransformer.from_pretrained`` (default) or
     ``model.process_weights_()``.
 
-    Example:
+    Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=8, d_head=4, d_vocab=20,
         ...                               d_mlp=32, act_fn="gelu", normalization_type="LN", seed=0)

@@ -131,7 +131,7 @@ def log_results(
 
     Returns the run, or ``None`` when wandb failed (a warning says why; nothing else is lost).
 
-    Example:
+    Examples:
         >>> df = pd.DataFrame({"layer": [0], "neuron": [3], "excess_corr": [0.7]})
         >>> log_results(df, mode="disabled") is not None
         True
