@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 # File names inside a results folder, shared by the writers (demo, CLI) and the report.
@@ -141,7 +142,13 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _summary_table(summary: dict[str, Any]) -> pd.DataFrame:
     flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
-    return pd.DataFrame({"item": list(flat), "value": [str(v) for v in flat.values()]})
+    return pd.DataFrame({"item": list(flat), "value": [_fmt(k, v) for k, v in flat.items()]})
+
+
+def _fmt(key: str, value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2%}" if "share" in key else f"{value:.4g}"
+    return str(value)
 
 
 def _parquet(path: Path) -> pd.DataFrame | None:
@@ -289,10 +296,12 @@ def _bar_figure(counts: pd.DataFrame, ylabel: str, title: str) -> Any:
     fig = Figure(figsize=(7, 3), layout="constrained")
     ax = fig.subplots()
     bottom = None
+    positions = np.arange(len(counts))
     for column in counts.columns:
         values = counts[column].to_numpy()
-        ax.bar(counts.index.astype(str), values, bottom=bottom, label=str(column))
+        ax.bar(positions, values, bottom=bottom, label=str(column))
         bottom = values if bottom is None else bottom + values
+    ax.set_xticks(positions, [str(i) for i in counts.index])
     ax.set_xlabel("layer")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
