@@ -908,7 +908,11 @@ class CorrelationResult:
         )
         ax_dist.legend(loc="lower right", fontsize="small")
         if share is not None:
-            ax_share.bar(pos, 100 * share["universal_share"].to_numpy(), color="tab:green")
+            percent = 100 * share["universal_share"].to_numpy()
+            bars = ax_share.bar(pos, percent, color="tab:green")
+            ax_share.bar_label(bars, labels=[f"{p:.1f}%" for p in percent], fontsize="small")
+            # A share of zero everywhere is a result, not an empty plot: keep the axis from 0.
+            ax_share.set_ylim(0, max(1.0, 1.2 * float(percent.max())))
             ax_share.set_ylabel(f"universal (excess > {threshold}) %")
         ax_share.set_xticks(pos, [str(layer) for layer in layers])
         ax_share.set_xlabel("layer")
@@ -1420,9 +1424,10 @@ def correlate(
         top_k=top_k,
         n_draws=n_draws if baseline else 0,
     )
-    logger.info("%s", plan)
-    if progress:
+    if progress:  # the plan before the work starts; quiet runs still log it
         print(plan, file=sys.stderr)
+    else:
+        logger.info("%s", plan)
 
     run = _Run(
         plan,
