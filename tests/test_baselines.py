@@ -134,7 +134,7 @@ def test_noise_baseline_matches_simulated_noise_units():
     rng = np.random.default_rng(0)
     x = rng.standard_normal(300)
     sims = []
-    for _ in range(600):
+    for _ in range(300):
         z = rng.standard_normal((40, 300))
         sims.append(np.corrcoef(np.vstack([x, z]))[0, 1:].max())
     draws = noise_max_corr(300, 40, 3000, n_draws=1, seed=0).numpy().ravel()

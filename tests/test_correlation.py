@@ -327,3 +327,19 @@ def test_plan_is_reported(family, toks, capsys):
     correlate(family[0], family[1], toks[:4], bos_token_id=BOS, n_draws=1, progress=True)
     err = capsys.readouterr().err
     assert "Correlation plan" in err and "pass 0" in err
+
+
+def test_float64_products_other_units_and_half_matrices(family, toks):
+    few = toks[:8]
+    result = correlate(
+        family[0], family[1], few, units="mlp.hook_pre", product_dtype=torch.float64,
+        keep_matrix=torch.float16, baseline=None, **QUIET,
+    )  # fmt: skip
+    a, b = collect_activations([family[0], family[1]], few, units="mlp.hook_pre", **QUIET)
+    ref = oracle_corr(a, b)
+    np.testing.assert_allclose(result.max_corr[0].numpy(), np.nanmax(ref, 1), atol=1e-10, rtol=0)
+    assert result.matrix(0).dtype == torch.float16
+    assert np.nanmax(np.abs(result.matrix(0).double().numpy() - ref)) < 1e-3
+    assert result.baseline_draws.shape == (1, 0, 128) and result.excess_correlation.isnan().all()
+    with pytest.raises(ValueError, match="no baseline"):
+        result.universal_neurons()

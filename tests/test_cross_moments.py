@@ -215,3 +215,20 @@ def test_matmul_precision_is_restored():
         )
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_shift_follows_a_drifting_mean():
+    # A unit whose mean walks 40 standard deviations over the stream: the shift follows it and
+    # float32 products stay within the bound.
+    g = torch.Generator().manual_seed(5)
+    n = 8000
+    z = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    drift = torch.linspace(0, 40, n, dtype=torch.float64)
+    a = torch.stack([z[:, 0] + drift, z[:, 1]], 1).float()
+    b = torch.stack([z[:, 0] + 0.5 * z[:, 2] + drift, z[:, 2]], 1).float()
+    stats = accumulate(a, b, [200] * 40, b_blocks=[(0, 2)])
+    assert stats._a.shift[0].item() > 5  # moved from ~0 (first batch) towards the mean
+    ref = oracle(a.double(), b.double())
+    assert np.abs(stats.corr().numpy() - ref).max() <= 1e-6
+    yc = b.double() - b.double().mean(0)
+    assert (stats.within_b(0) - yc.T @ yc).abs().max() <= 1e-6 * (yc.T @ yc).abs().max()

@@ -17,8 +17,11 @@ from tl_universality.activations import (
     stream_activations,
     unit_index,
 )
+from tl_universality.correlation import CorrelationResult, correlate, plan_correlation
+from tl_universality.cross_moments import CrossMoments
 from tl_universality.errors import (
     AccessorError,
+    CheckpointMismatchError,
     CorruptCacheError,
     EmptyTokenSourceError,
     HookError,
@@ -28,6 +31,7 @@ from tl_universality.errors import (
     TokenizerMismatchError,
     UniversalityError,
 )
+from tl_universality.hooks import FixNeuron, FreezeLNScale, RemoveFromQueryInput
 from tl_universality.moments import Moments
 from tl_universality.protocol import HookedModel
 
@@ -37,6 +41,14 @@ register_default_accessors()
 
 __all__ = [
     "AccessorError",
+    "CheckpointMismatchError",
+    "CorrelationResult",
+    "CrossMoments",
+    "FixNeuron",
+    "FreezeLNScale",
+    "RemoveFromQueryInput",
+    "correlate",
+    "plan_correlation",
     "ActivationBatch",
     "CorruptCacheError",
     "EmptyTokenSourceError",

@@ -239,7 +239,7 @@ def _resolve(model: HookedModel, units: UnitsSpec) -> tuple[UnitIndex, list[_Tap
                     seen[tap.label] = int(np.prod(out.shape[2:])) if out.ndim > 2 else 1
 
         hooks = sorted({t.hook_name for t in taps})
-        probe = torch.zeros(1, 1, dtype=torch.long, device=_model_device(model))
+        probe = torch.zeros(1, 1, dtype=torch.long, device=model_device(model))
         with torch.no_grad(), model.hooks(fwd_hooks=[(n, measure) for n in hooks]):
             _forward(model, probe, _stop_at_layer(model, hooks))
         _check_fired(model, [t.label for t in taps], seen)
@@ -250,7 +250,8 @@ def _resolve(model: HookedModel, units: UnitsSpec) -> tuple[UnitIndex, list[_Tap
 _MLP_HOOKS = (".mlp.hook_post", ".mlp.hook_pre")
 
 
-def _model_device(model: HookedModel) -> torch.device:
+def model_device(model: HookedModel) -> torch.device:
+    """The device a model's parameters live on (``cfg.device`` when set)."""
     device = getattr(model.cfg, "device", None)
     if device is not None:
         return torch.device(device)
@@ -366,7 +367,7 @@ def stream_activations(
     if not models:
         raise ValueError("stream_activations needs at least one model.")
     check_same_tokenizer(models)
-    specs = list(units) if _is_per_model(units, len(models)) else [units] * len(models)
+    specs = list(units) if is_per_model(units, len(models)) else [units] * len(models)
     resolved = [_resolve(m, spec) for m, spec in zip(models, specs, strict=True)]
     stops = [
         _stop_at_layer(m, [t.hook_name for t in taps])
@@ -385,7 +386,7 @@ def stream_activations(
     for m in models:
         check_fits(source, m)
     excluded = excluded_token_ids(source, getattr(models[0], "tokenizer", None), exclude_token_ids)
-    out_device = torch.device(device) if device is not None else _model_device(models[0])
+    out_device = torch.device(device) if device is not None else model_device(models[0])
 
     total = source.n_tokens
     bar = tqdm(total=total, disable=not progress, unit="tok", unit_scale=True, desc="activations")
@@ -406,12 +407,13 @@ def stream_activations(
                 for m, (idx, taps), stop in zip(models, resolved, stops, strict=True)
             ]
             yield ActivationBatch(acts, batch.to(out_device), keep.to(out_device), first)
+            del acts  # do not hold this batch while the next forward runs
             bar.update(batch.numel())
     finally:
         bar.close()
 
 
-def _is_per_model(units: Any, n_models: int) -> bool:
+def is_per_model(units: Any, n_models: int) -> bool:
     """A list with one spec per model (each a list of hook names, a suffix string or None)."""
     return (
         isinstance(units, (list, tuple))
@@ -447,8 +449,8 @@ def _run_one(
     dtype: torch.dtype,
     check_finite: bool,
 ) -> Float[Tensor, "tok units"]:
-    model_device = _model_device(model)
-    keep_here = keep.to(model_device)
+    here = model_device(model)
+    keep_here = keep.to(here)
     n_keep = int(keep.sum())
     out = torch.empty(n_keep, index.n_units, dtype=dtype, device=out_device)
     offsets = index.offsets
@@ -480,7 +482,7 @@ def _run_one(
 
     fwd_hooks = [(tap.hook_name, make_hook(i, tap)) for i, tap in enumerate(taps)]
     with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
-        _forward(model, batch.to(model_device), stop)
+        _forward(model, batch.to(here), stop)
     _check_fired(model, index.hook_names, fired)
     return out
 

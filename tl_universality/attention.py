@@ -38,7 +38,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_universality.activations import _model_device
+from tl_universality.activations import model_device
 from tl_universality.errors import NoUnitsError
 from tl_universality.hooks import (
     RemoveFromQueryInput,
@@ -105,7 +105,7 @@ def bos_keys(
         >>> bos_keys(model, bos_token_id=0).shape
         torch.Size([2, 2, 4])
     """
-    bos = torch.tensor([[_bos_id(model, bos_token_id)]], device=_model_device(model))
+    bos = torch.tensor([[_bos_id(model, bos_token_id)]], device=model_device(model))
     names = [f"blocks.{layer}.attn.hook_k" for layer in range(int(model.cfg.n_layers))]
     _, cache = run_with_interventions(model, bos, capture=names)
     keys = []

@@ -45,8 +45,8 @@ from tl_universality._cache import atomic_dir
 from tl_universality.activations import (
     UnitIndex,
     UnitsSpec,
-    _is_per_model,
-    _model_device,
+    is_per_model,
+    model_device,
     stream_activations,
     unit_index,
 )
@@ -65,7 +65,11 @@ from tl_universality.cross_moments import (
     ProductDtype,
     resolve_product_dtype,
 )
-from tl_universality.errors import CorruptCacheError, EmptyTokenSourceError, UniversalityError
+from tl_universality.errors import (
+    CheckpointMismatchError,
+    CorruptCacheError,
+    EmptyTokenSourceError,
+)
 from tl_universality.protocol import HookedModel, check_same_tokenizer, model_name
 
 logger = logging.getLogger(__name__)
@@ -88,10 +92,6 @@ _MIX_CACHE_BYTES = 1 << 28
 _CHECKPOINT = "correlation_state.safetensors"
 _FORMAT = "tl_universality.correlation"
 _VERSION = 1
-
-
-class CheckpointMismatchError(UniversalityError, ValueError):
-    """A checkpoint folder holds a run made with different arguments (models, tokens, units...)."""
 
 
 # -- sizes ----------------------------------------------------------------------------------------
@@ -454,7 +454,7 @@ def _matrix_dtype(keep_matrix: bool | str | torch.dtype) -> torch.dtype | None:
 
 
 def _per_model_units(units: Any, k: int) -> list[Any]:
-    return list(units) if _is_per_model(units, k) else [units] * k
+    return list(units) if is_per_model(units, k) else [units] * k
 
 
 def _default_seq_len(models: Sequence[HookedModel]) -> int:
@@ -497,7 +497,7 @@ def plan_correlation(
     indices = [
         unit_index(m, u) for m, u in zip(models, _per_model_units(units, len(models)), strict=True)
     ]
-    dev = torch.device(device) if device is not None else _model_device(models[0])
+    dev = torch.device(device) if device is not None else model_device(models[0])
     product, _ = resolve_product_dtype(product_dtype, dev)
     matrix = _matrix_dtype(keep_matrix)
     return _make_plan(
@@ -1401,7 +1401,7 @@ def correlate(
     labels = _labels(models, names)
     specs = _per_model_units(units, len(models))
     indices = [unit_index(m, s) for m, s in zip(models, specs, strict=True)]
-    dev = torch.device(device) if device is not None else _model_device(models[0])
+    dev = torch.device(device) if device is not None else model_device(models[0])
     product, _ = resolve_product_dtype(product_dtype, dev)
     matrix_dtype = _matrix_dtype(keep_matrix)
     source = as_token_source(

@@ -46,3 +46,7 @@ class NonFiniteActivationError(UniversalityError, FloatingPointError):
 
 class CorruptCacheError(UniversalityError, OSError):
     """A cached model, tokenizer or results folder is incomplete or unreadable."""
+
+
+class CheckpointMismatchError(UniversalityError, ValueError):
+    """A checkpoint folder holds a run made with different arguments (models, tokens, units...)."""

@@ -50,7 +50,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tl_universality.activations import _model_device
+from tl_universality.activations import model_device
 from tl_universality.errors import HookError
 from tl_universality.protocol import HookedModel, HookFn, check_hooks_exist, model_name
 
@@ -407,7 +407,7 @@ def token_batches(
         bos_token_id=bos_token_id,
     )
     check_fits(source, model)
-    device = _model_device(model)
+    device = model_device(model)
     n = 0
     for batch in source.batches(batch_size):
         n += 1

@@ -341,7 +341,7 @@ def train_sae(
     from sae_lens.training.sae_trainer import SAETrainer
 
     from tl_universality._cache import atomic_dir, atomic_write_json, cache_root, stable_hash
-    from tl_universality.activations import _model_device, unit_index
+    from tl_universality.activations import model_device, unit_index
     from tl_universality.errors import CorruptCacheError
     from tl_universality.protocol import model_name
     from tl_universality.tokens import as_token_source
@@ -360,7 +360,7 @@ def train_sae(
     if len(index.hook_names) != 1 or index.hook_names[0] != hook_name:
         raise HookError(f"hook_name must be one full hook name, got {hook_name!r}.")
     d_in = index.widths[0]
-    device = str(device) if device is not None else str(_model_device(model))
+    device = str(device) if device is not None else str(model_device(model))
     buffer_size = int(buffer_tokens or max(2 * batch_size, min(32768, total_tokens // 4)))
     if buffer_size < 2 * batch_size:
         raise ValueError(f"buffer_tokens must be at least 2 * batch_size, got {buffer_size}.")
