@@ -18,19 +18,6 @@ import pandas as pd
 
 from tl_universality import report as files
 
-#: Neuron properties the paper contrasts between universal and other neurons.
-CONTRAST = [
-    "act_freq",
-    "post_kurt",
-    "kurt",
-    "skew",
-    "input_bias",
-    "w_in_norm",
-    "w_out_norm",
-    "vocab_kurt",
-]
-
-
 #: Tokens used by the causal tests (entropy intervention, path ablation).
 INTERVENTION_TOKENS = 4096
 
@@ -118,7 +105,7 @@ def run_demo(
     from tl_universality.correlation import correlate
     from tl_universality.entropy import entropy_intervention, entropy_neuron_scores
     from tl_universality.families import explain, families, family_counts
-    from tl_universality.neuron_stats import compare_universal, neuron_stats
+    from tl_universality.neuron_stats import CONTRAST_PROPERTIES, compare_universal, neuron_stats
     from tl_universality.roles import prediction_neurons, role_counts, token_set_scores
     from tl_universality.seeds import train_seed_family
 
@@ -179,7 +166,7 @@ def run_demo(
             explained.set_index(["layer", "neuron"]).index
         )
     )
-    contrast = compare_universal(contrast_table, [c for c in CONTRAST if c in table])
+    contrast = compare_universal(contrast_table, [c for c in CONTRAST_PROPERTIES if c in table])
     summary.values["contrast_group"] = which
     summary.values["contrast"] = json.loads(contrast.to_json(orient="records"))
     _say(

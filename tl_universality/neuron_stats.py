@@ -370,6 +370,20 @@ def weight_cosines(
     return vectors(layer_a, first) @ vectors(layer_b, second).T
 
 
+#: Neuron properties the paper contrasts between universal and other neurons (METHOD.md §1.2).
+CONTRAST_PROPERTIES = (
+    "act_freq",
+    "post_kurt",
+    "kurt",
+    "skew",
+    "input_bias",
+    "w_in_norm",
+    "w_out_norm",
+    "l2_penalty",
+    "vocab_kurt",
+)
+
+
 def compare_universal(
     table: pd.DataFrame,
     columns: Sequence[str] | None = None,

@@ -183,7 +183,7 @@ def _universality(d: Path) -> Section | None:
 
 
 def _properties(d: Path) -> Section | None:
-    from tl_universality.neuron_stats import compare_universal
+    from tl_universality.neuron_stats import CONTRAST_PROPERTIES, compare_universal
     from tl_universality.plots_neurons import plot_property_distributions
 
     table = _parquet(d / NEURON_TABLE)
@@ -195,21 +195,7 @@ def _properties(d: Path) -> Section | None:
         cut = table["excess_corr"].quantile(0.95)
         table = table.assign(is_universal=table["excess_corr"] >= cut)
         group = "most universal 5% (by excess correlation)"
-    props = [
-        c
-        for c in (
-            "act_freq",
-            "post_kurt",
-            "kurt",
-            "skew",
-            "input_bias",
-            "w_in_norm",
-            "w_out_norm",
-            "l2_penalty",
-            "vocab_kurt",
-        )  # fmt: skip
-        if c in table
-    ]
+    props = [c for c in CONTRAST_PROPERTIES if c in table]
     return Section(
         f"Neuron properties: {group} vs other neurons",
         "The paper: universal neurons fire more sparsely, have higher activation kurtosis and"
