@@ -14,11 +14,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Stamp files: re-running reuses .venv and reinstalls only when the requirements change.
-$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e . $(QUIET_PIP)
+# The demo writes plots and an HTML report, so it installs the plot extra.
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt Makefile
+	$(PIP) -e '.[plot]' $(QUIET_PIP)
 	touch $@
 
-$(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt Makefile
 	$(PIP) -e '.[dev]' $(QUIET_PIP)
 	touch $@ $(VENV)/.installed
 

@@ -251,7 +251,10 @@ def run_demo(
 
     summary.values["seconds"] = {k: round(v, 1) for k, v in summary.seconds.items()}
     (out / files.SUMMARY).write_text(json.dumps(summary.values, indent=2, default=str))
-    page = files.build_report(out, title=f"Universal neurons: offline {preset} family")
+    try:
+        page = files.build_report(out, title=f"Universal neurons: offline {preset} family")
+    except ImportError as err:  # matplotlib is the optional `plot` extra
+        page = f"not written ({err}; pip install 'tl_universality[plot]')"
     _say(progress, f"\nResults in {out}; report: {page}")
 
     if wandb:
