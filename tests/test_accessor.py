@@ -115,3 +115,19 @@ def test_registering_over_an_existing_name_warns():
 
 def test_class_access_returns_accessor_type():
     assert HookedTransformer.universality is UniversalityAccessor
+
+
+def test_every_accessor_method_is_a_free_function_of_the_same_name():
+    import importlib
+    import inspect
+
+    methods = {
+        name: member
+        for name, member in vars(UniversalityAccessor).items()
+        if callable(member) and not name.startswith("_")
+    }
+    assert len(methods) > 15
+    for name, method in methods.items():
+        module = method.__doc__.split(":func:`")[1].split("`")[0].rsplit(".", 1)[0]
+        func = getattr(importlib.import_module(module), name)
+        assert callable(func) and inspect.signature(func).parameters, name

@@ -150,6 +150,10 @@ class UniversalityAccessor:
     attention_deactivation_scores = _delegate("attention", "attention_deactivation_scores")
     path_ablation = _delegate("attention", "path_ablation")
 
+    # SAE latents as units
+    neuron_latent_correlation = _delegate("sae", "neuron_latent_correlation")
+    sae_unit_stats = _delegate("sae", "sae_unit_stats")
+
 
 def register_default_accessors(name: str = "universality") -> None:
     """Install the accessor on HookedTransformer and TransformerBridge.
