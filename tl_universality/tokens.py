@@ -434,17 +434,10 @@ class TextFileSource(TextTokenSource):
             yield "\n".join(lines)
 
 
-class JsonlSource(TextTokenSource):
-    """A JSON-lines file, one document per line in the field ``text_field``; blank lines skipped.
+class _FieldFileSource(TextTokenSource):
+    """A local file of records whose ``text_field`` holds one document each."""
 
-    Examples:
-        >>> import json, tempfile, pathlib
-        >>> from tl_universality.corpus import load_default_tokenizer
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.jsonl"
-        >>> _ = path.write_text(json.dumps({"text": "hello there"}) + "\\n")
-        >>> list(JsonlSource(path, load_default_tokenizer(512)).documents())
-        ['hello there']
-    """
+    kind = "file"
 
     def __init__(
         self,
@@ -456,7 +449,22 @@ class JsonlSource(TextTokenSource):
     ) -> None:
         self.path = Path(path)
         self.text_field = text_field
-        super().__init__(tokenizer, seq_len, f"JSONL file {self.path}")
+        super().__init__(tokenizer, seq_len, f"{self.kind} {self.path}")
+
+
+class JsonlSource(_FieldFileSource):
+    """A JSON-lines file, one document per line in the field ``text_field``; blank lines skipped.
+
+    Examples:
+        >>> import json, tempfile, pathlib
+        >>> from tl_universality.corpus import load_default_tokenizer
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.jsonl"
+        >>> _ = path.write_text(json.dumps({"text": "hello there"}) + "\\n")
+        >>> list(JsonlSource(path, load_default_tokenizer(512)).documents())
+        ['hello there']
+    """
+
+    kind = "JSONL file"
 
     def documents(self) -> Iterator[str]:
         with open(self.path, encoding="utf-8") as f:
@@ -472,7 +480,7 @@ class JsonlSource(TextTokenSource):
                 yield record[self.text_field]
 
 
-class ParquetSource(TextTokenSource):
+class ParquetSource(_FieldFileSource):
     """A parquet file's text column, read ``_PARQUET_BATCH`` rows at a time with pyarrow.
 
     Examples:
@@ -484,17 +492,7 @@ class ParquetSource(TextTokenSource):
         ['one', 'two']
     """
 
-    def __init__(
-        self,
-        path: str | Path,
-        tokenizer: PreTrainedTokenizerBase | None,
-        *,
-        seq_len: int = 128,
-        text_field: str = "text",
-    ) -> None:
-        self.path = Path(path)
-        self.text_field = text_field
-        super().__init__(tokenizer, seq_len, f"parquet file {self.path}")
+    kind = "parquet file"
 
     def documents(self) -> Iterator[str]:
         import pyarrow.parquet as pq
