@@ -246,3 +246,15 @@ def test_result_round_trip_plot_and_bad_input(tmp_path):
         entropy_intervention(m, (2, 0), [0.0], tokens(n=1))
     with pytest.raises(ValueError, match="No values"):
         entropy_intervention(m, NEURON, [], tokens(n=1))
+
+
+def test_corrupt_saved_results_are_a_clear_error(tmp_path):
+    from tl_universality.attention import PathAblationResult
+    from tl_universality.entropy import EntropyInterventionResult
+    from tl_universality.errors import CorruptCacheError
+
+    (tmp_path / "meta.json").write_text("{truncated")
+    with pytest.raises(CorruptCacheError, match="not a saved EntropyInterventionResult"):
+        EntropyInterventionResult.load(tmp_path)
+    with pytest.raises(CorruptCacheError, match="not a saved PathAblationResult"):
+        PathAblationResult.load(tmp_path)

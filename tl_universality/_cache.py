@@ -91,3 +91,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+@contextlib.contextmanager
+def reading_saved(path: Path, what: str, fix: str) -> Iterator[None]:
+    """Turn any failure while reading a saved result into a :class:`CorruptCacheError`.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> with reading_saved(folder, "Thing", "save it again."):  # doctest: +ELLIPSIS
+        ...     json.loads("{not json")
+        Traceback (most recent call last):
+        ...
+        tl_universality.errors.CorruptCacheError: ...is not a saved Thing (...). Fix: save it again.
+    """
+    from tl_universality.errors import CorruptCacheError
+
+    try:
+        yield
+    except CorruptCacheError:
+        raise
+    except Exception as err:  # unreadable JSON, parquet or safetensors, missing file or key
+        raise CorruptCacheError(f"{path} is not a saved {what} ({err}). Fix: {fix}") from err

@@ -38,6 +38,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_universality._cache import reading_saved
 from tl_universality.activations import model_device
 from tl_universality.errors import NoUnitsError
 from tl_universality.hooks import (
@@ -276,9 +277,11 @@ class AttentionDeactivationScores:
         from safetensors.torch import load_file
 
         path = Path(directory)
-        tensors = load_file(str(path / "scores.safetensors"))
-        meta = json.loads((path / "meta.json").read_text())
-        return cls(**tensors, model_name=meta.get("model_name", ""))
+        fix = "run attention_deactivation_scores(...) again and save it."
+        with reading_saved(path, "AttentionDeactivationScores", fix):
+            tensors = load_file(str(path / "scores.safetensors"))
+            meta = json.loads((path / "meta.json").read_text())
+            return cls(**tensors, model_name=meta.get("model_name", ""))
 
 
 def attention_deactivation_scores(
@@ -437,13 +440,14 @@ class PathAblationResult:
     def load(cls, directory: str | Path) -> PathAblationResult:
         """Read what :meth:`save` wrote."""
         path = Path(directory)
-        meta = json.loads((path / "meta.json").read_text())
-        return cls(
-            neuron=(int(meta["neuron"][0]), int(meta["neuron"][1])),
-            head=(int(meta["head"][0]), int(meta["head"][1])),
-            table=pd.read_parquet(path / "table.parquet"),
-            model_name=meta.get("model_name", ""),
-        )
+        with reading_saved(path, "PathAblationResult", "run path_ablation(...) again and save it."):
+            meta = json.loads((path / "meta.json").read_text())
+            return cls(
+                neuron=(int(meta["neuron"][0]), int(meta["neuron"][1])),
+                head=(int(meta["head"][0]), int(meta["head"][1])),
+                table=pd.read_parquet(path / "table.parquet"),
+                model_name=meta.get("model_name", ""),
+            )
 
 
 def _check_pair(model: HookedModel, neuron: tuple[int, int], head: tuple[int, int]) -> None:

@@ -38,6 +38,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_universality._cache import reading_saved
 from tl_universality.hooks import FixNeuron, FreezeLNScale, run_with_interventions, token_batches
 from tl_universality.protocol import HookedModel, mlp_hook_names, model_name
 
@@ -429,12 +430,14 @@ class EntropyInterventionResult:
     def load(cls, directory: str | Path) -> EntropyInterventionResult:
         """Read what :meth:`save` wrote."""
         path = Path(directory)
-        meta = json.loads((path / "meta.json").read_text())
-        return cls(
-            table=pd.read_parquet(path / "table.parquet"),
-            neurons=pd.read_parquet(path / "neurons.parquet"),
-            **meta,
-        )
+        fix = "run entropy_intervention(...) again and save it, or point to the right folder."
+        with reading_saved(path, "EntropyInterventionResult", fix):
+            meta = json.loads((path / "meta.json").read_text())
+            return cls(
+                table=pd.read_parquet(path / "table.parquet"),
+                neurons=pd.read_parquet(path / "neurons.parquet"),
+                **meta,
+            )
 
 
 def _direct_effect_note(model: HookedModel, has_final_ln: bool) -> str:
