@@ -32,3 +32,24 @@ def build_model(tokenizer: Any = None, **overrides: Any) -> HookedTransformer:
         cfg["d_vocab"] = len(tokenizer)
     cfg.update(overrides)
     return HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=tokenizer)
+
+
+def byte_level_tokenizer(tokens: list[str]) -> Any:
+    """A real fast GPT-2-style tokenizer over exactly ``tokens`` (ids in order), no merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
+
+
+def saved(tokenizer: Any, folder: Any) -> Any:
+    """Save and reload from ``folder``: TransformerLens needs a tokenizer with a real path."""
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

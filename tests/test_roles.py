@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 import scipy.stats
 import torch
-from helpers import build_model
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from helpers import build_model, byte_level_tokenizer, saved
+from transformers import PreTrainedTokenizerFast
 
 from tl_universality.roles import (
     ROLES,
@@ -32,15 +31,8 @@ PREDICT, SUPPRESS, PARTITION = 5, 6, 7  # planted neurons of layer 1
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(VOCAB)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
-    )
     folder = tmp_path_factory.mktemp("handmade_tokenizer")
-    tok.save_pretrained(str(folder))  # TransformerLens wants a tokenizer with a real path
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return saved(byte_level_tokenizer(VOCAB), folder)
 
 
 @pytest.fixture(scope="module")

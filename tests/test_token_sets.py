@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import byte_level_tokenizer, saved
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -97,19 +98,9 @@ EXPECTED = {
 }
 
 
-def byte_level_tokenizer(tokens: list[str] = VOCAB) -> PreTrainedTokenizerFast:
-    """A real fast tokenizer over exactly ``tokens`` (ids in order), GPT-2 style."""
-    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
-    )
-
-
 @pytest.fixture(scope="module")
 def tok() -> PreTrainedTokenizerFast:
-    return byte_level_tokenizer()
+    return byte_level_tokenizer(VOCAB)
 
 
 def test_vocab_strings_decode_byte_level(tok):
@@ -136,14 +127,6 @@ def test_all_masks_exclude_special_tokens_and_padding(tok):
     for name, mask in masks.items():
         assert mask.shape == (len(VOCAB) + 2,), name
         assert not mask[0] and not mask[-2:].any(), name
-
-
-def saved(tokenizer: PreTrainedTokenizerFast, folder) -> PreTrainedTokenizerFast:
-    """Save and reload: TransformerLens needs a tokenizer with a real ``name_or_path``."""
-    from transformers import AutoTokenizer
-
-    tokenizer.save_pretrained(str(folder))
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
 def test_model_is_accepted_in_place_of_its_tokenizer(tok, tmp_path):
