@@ -37,8 +37,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_universality._cache import atomic_dir
-from tl_universality.errors import CorruptCacheError
+from tl_universality._cache import atomic_dir, reading_saved
 from tl_universality.protocol import HookedModel
 from tl_universality.vocab import LayersSpec, _block_weight, _layers, w_out
 
@@ -119,16 +118,12 @@ class HeadComposition:
         from safetensors.torch import load_file
 
         path = Path(path)
-        try:
+        fix = "run head_composition(...) again and save it, or point to the right folder."
+        with reading_saved(path, "HeadComposition", fix):
             meta = json.loads((path / "composition.json").read_text())
             if meta.get("format") != _FORMAT:
                 raise ValueError(f"format is {meta.get('format')!r}")
             scores = load_file(path / "scores.safetensors")
-        except (OSError, ValueError, KeyError) as err:
-            raise CorruptCacheError(
-                f"{path} is not a saved HeadComposition ({err}). Fix: run head_composition(...)"
-                " again and save it, or point to the right folder."
-            ) from err
         order = [k for k in KINDS if k in scores]
         return cls(
             {k: scores[k] for k in order},

@@ -22,8 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tl_universality._cache import atomic_dir
-from tl_universality.errors import CorruptCacheError
+from tl_universality._cache import atomic_dir, reading_saved
 from tl_universality.protocol import HookedModel
 from tl_universality.vocab import CompositionKind, LayersSpec, _composition_blocks, _layers
 
@@ -180,17 +179,13 @@ class TokenSetScores:
     def load(cls, path: str | os.PathLike) -> TokenSetScores:
         """Read a folder written by :meth:`save` (``CorruptCacheError`` if it is not one)."""
         path = Path(path)
-        try:
+        fix = "run token_set_scores(...) again and save it, or point to the right folder."
+        with reading_saved(path, "TokenSetScores", fix):
             meta = json.loads((path / "token_set_scores.json").read_text())
             if meta.get("format") != _FORMAT:
                 raise ValueError(f"format is {meta.get('format')!r}")
             scores = pd.read_parquet(path / "scores.parquet")
             best = pd.read_parquet(path / "best.parquet")
-        except (OSError, ValueError, KeyError) as err:
-            raise CorruptCacheError(
-                f"{path} is not a saved TokenSetScores ({err}). Fix: run token_set_scores(...)"
-                " again and save it, or point to the right folder."
-            ) from err
         return cls(scores, best, meta["kind"], list(meta["skipped"]))
 
     def __repr__(self) -> str:
