@@ -84,7 +84,7 @@ def bench_update(a: int, b: int, n: int, widths: list[int], device: str, repeats
     x = torch.nn.functional.gelu(torch.randn(n, a, generator=g)).to(device)
     y = torch.nn.functional.gelu(torch.randn(n, b, generator=g)).to(device)
     out = torch.empty(a, b, device=device)
-    from tl_universality.cross_moments import CrossMoments
+    from tl_universality.stats.cross_moments import CrossMoments
 
     blocks, s = [], 0
     for w in widths:
@@ -137,8 +137,8 @@ def reference_style(models, toks, batch_size: int, device: str, seed: int = 0):
     """One pass per model pair with per-layer-pair float32 block products added into float64
     accumulators, then a second full pass over rotated activations for the baseline (the
     structure of the paper's research code). Returns per-pair (max_corr, baseline max)."""
-    from tl_universality.activations import stream_activations
-    from tl_universality.baselines import mixing_matrix
+    from tl_universality.stats.baselines import mixing_matrix
+    from tl_universality.units.activations import stream_activations
 
     ref = models[0]
     n_layers = [m.cfg.n_layers for m in models]
@@ -184,7 +184,7 @@ def reference_style(models, toks, batch_size: int, device: str, seed: int = 0):
 
 
 def bench_pipelines(size, ks, n_seq, seq_len, batch_size, device, n_ctx, repeats) -> list:
-    from tl_universality.correlation import correlate
+    from tl_universality.analyses.correlation import correlate
 
     models = [build(size, seed, n_ctx, device) for seed in range(max(ks))]
     toks = make_tokens(n_seq, seq_len, SIZES[size]["d_vocab"])
@@ -238,7 +238,7 @@ def _status(field: str) -> int:
 
 def memory_child(args) -> None:
     """Run one correlate in this (fresh) process and print its peak memory as JSON."""
-    from tl_universality.correlation import correlate
+    from tl_universality.analyses.correlation import correlate
 
     models = [build(args.size, seed, args.n_ctx, args.device) for seed in range(3)]
     toks = make_tokens(args.n_seq, args.seq_len, SIZES[args.size]["d_vocab"])

@@ -1,7 +1,8 @@
 """Explore seed-family settings: which small CPU-trainable family shows universal neurons?
 
 For each candidate setting this trains (or loads from the cache) a seed family with
-:func:`tl_universality.seeds.train_seed_family` and measures universality as METHOD.md §1.1 defines
+:func:`tl_universality.data.seeds.train_seed_family` and measures universality as METHOD.md §1.1
+defines
 it, with a few lines of torch instead of the project's streaming engine:
 
 - activations: MLP ``hook_post`` of every layer, on up to ``--tokens`` held-out tokens, with the
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tl_universality.seeds import PRESETS, SeedFamilyConfig, train_seed_family
+from tl_universality.data.seeds import PRESETS, SeedFamilyConfig, train_seed_family
 
 BASE = SeedFamilyConfig(
     name="explore",

@@ -1,16 +1,19 @@
 """Are SAE latents more universal across seeds than neurons? Measured on an offline seed family.
 
-For a seed family (:func:`tl_universality.seeds.train_seed_family`) this trains one SAE per seed
-model on the same site (:func:`tl_universality.sae.train_family_saes`, on the family's training
+For a seed family (:func:`tl_universality.data.seeds.train_seed_family`) this trains one SAE per
+seed
+model on the same site (:func:`tl_universality.analyses.sae.train_family_saes`, on the family's
+training
 split) and measures on the held-out split, with the project's correlation engine:
 
 - neurons: every MLP neuron (``mlp.hook_post``, all layers) of seed 0 against the other seeds,
   the paper's analysis (METHOD.md §1.1): ``excess_corr = mean_m max_corr_m − mean_m baseline_m``
   with the rotation baseline; universal iff > 0.5;
 - latents: every SAE latent of seed 0's SAE against the other seeds' SAEs, the same statistic
-  (:func:`tl_universality.sae.latent_universality`);
+  (:func:`tl_universality.analyses.sae.latent_universality`);
 - the weight-based view of the latent match: cosine of the matched latents' decoder directions
-  read through each model's unembedding (:func:`tl_universality.sae.decoder_similarity`), next to
+  read through each model's unembedding (:func:`tl_universality.analyses.sae.decoder_similarity`),
+  next to
   random pairs;
 - a control: seed 0's SAE against a second SAE trained on the same model with another SAE seed
   (how much of the feature set survives the SAE's own randomness);
@@ -34,16 +37,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tl_universality.activations import collect_activations
-from tl_universality.correlation import correlate
-from tl_universality.sae import (
+from tl_universality.analyses.correlation import correlate
+from tl_universality.analyses.sae import (
     SAEUnits,
     decoder_similarity,
     latent_universality,
     train_family_saes,
     train_sae,
 )
-from tl_universality.seeds import train_seed_family
+from tl_universality.data.seeds import train_seed_family
+from tl_universality.units.activations import collect_activations
 
 
 def sae_quality(model, sae, tokens) -> dict[str, float]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 import tl_universality  # noqa: F401  (registers model.universality)
-from tl_universality.seeds import train_seed_family
+from tl_universality.data.seeds import train_seed_family
 
 
 def main() -> None:
@@ -107,7 +107,7 @@ def main() -> None:
 
 def _default_values(model, neuron: tuple[int, int], tokens) -> list[float]:
     """0 to 8x the neuron's largest activation on a few sequences (at least 1)."""
-    from tl_universality.hooks import run_with_interventions
+    from tl_universality.units.hooks import run_with_interventions
 
     batch = next(iter(tokens.batches(8))).to(model.cfg.device)
     name = f"blocks.{neuron[0]}.mlp.hook_post"

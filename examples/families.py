@@ -18,10 +18,15 @@ from pathlib import Path
 import pandas as pd
 
 import tl_universality  # noqa: F401  (registers model.universality)
-from tl_universality.correlation import correlate
-from tl_universality.families import explain, family_counts, label_families, top_activations
-from tl_universality.features import default_features
-from tl_universality.seeds import train_seed_family
+from tl_universality.analyses.correlation import correlate
+from tl_universality.analyses.families import (
+    explain,
+    family_counts,
+    label_families,
+    top_activations,
+)
+from tl_universality.analyses.features import default_features
+from tl_universality.data.seeds import train_seed_family
 
 
 def main() -> None:

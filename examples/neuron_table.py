@@ -18,11 +18,11 @@ from pathlib import Path
 import pandas as pd
 
 import tl_universality  # noqa: F401  (registers model.universality)
-from tl_universality.correlation import correlate
-from tl_universality.neuron_stats import compare_universal
-from tl_universality.roles import role_counts
-from tl_universality.seeds import train_seed_family
-from tl_universality.vocab import top_tokens
+from tl_universality.analyses.correlation import correlate
+from tl_universality.analyses.neuron_stats import compare_universal
+from tl_universality.analyses.roles import role_counts
+from tl_universality.analyses.vocab import top_tokens
+from tl_universality.data.seeds import train_seed_family
 
 # The paper's claims (METHOD.md section 1.2): universal neurons fire more sparsely, have
 # heavier-tailed activations and larger weight norms. Sign of (universal - other) it expects.
@@ -85,7 +85,7 @@ def main() -> None:
     print(top_tokens(ref, int(layer), int(neuron), k=5).to_string(index=False))
 
     if args.plots is not None:
-        from tl_universality.plots_neurons import (
+        from tl_universality.outputs.plots import (
             plot_property_distributions,
             plot_vocab_moments_by_layer,
         )

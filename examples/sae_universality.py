@@ -23,15 +23,15 @@ import argparse
 
 import pandas as pd
 
-from tl_universality.correlation import correlate
-from tl_universality.sae import (
+from tl_universality.analyses.correlation import correlate
+from tl_universality.analyses.sae import (
     decoder_similarity,
     latent_universality,
     neuron_latent_correlation,
     sae_unit_stats,
     train_family_saes,
 )
-from tl_universality.seeds import train_seed_family
+from tl_universality.data.seeds import train_seed_family
 
 
 def main() -> None:

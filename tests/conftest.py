@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_family():
     """The ``tiny`` seed family (3 seeds), trained once per session into the session cache."""
-    from tl_universality.seeds import train_seed_family
+    from tl_universality.data.seeds import train_seed_family
 
     # One thread: the tiny models gain nothing from a second one, and on a busy machine waiting
     # OpenMP threads spin (a training step went from 26 ms to 1 s with two threads).
@@ -21,7 +21,7 @@ def tiny_tokenizer():
 
     The same vocabulary as ``tiny_family.tokenizer``, without training the family.
     """
-    from tl_universality.corpus import load_default_tokenizer
-    from tl_universality.seeds import PRESETS
+    from tl_universality.data.corpus import load_default_tokenizer
+    from tl_universality.data.seeds import PRESETS
 
     return load_default_tokenizer(PRESETS["tiny"].vocab_size)

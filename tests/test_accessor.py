@@ -13,7 +13,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import tl_universality
 from tl_universality.accessor import UniversalityAccessor, register_model_accessor
-from tl_universality.errors import AccessorError
+from tl_universality.core.errors import AccessorError
 
 CFG = dict(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_mlp=64, d_vocab=50,
            act_fn="gelu_new", normalization_type="LN", seed=0)  # fmt: skip
@@ -118,16 +118,22 @@ def test_class_access_returns_accessor_type():
 
 
 def test_every_accessor_method_is_a_free_function_of_the_same_name():
-    import importlib
     import inspect
 
-    methods = {
-        name: member
-        for name, member in vars(UniversalityAccessor).items()
-        if callable(member) and not name.startswith("_")
-    }
-    assert len(methods) > 15
-    for name, method in methods.items():
-        module = method.__doc__.split(":func:`")[1].split("`")[0].rsplit(".", 1)[0]
-        func = getattr(importlib.import_module(module), name)
-        assert callable(func) and inspect.signature(func).parameters, name
+    from tl_universality.accessor import ACCESSOR_METHODS
+
+    model = HookedTransformer(
+        HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, act_fn="relu")
+    )
+    assert len(ACCESSOR_METHODS) > 15
+    for name in ACCESSOR_METHODS:
+        method = getattr(model.universality, name)
+        # the free function of the same name, in the module the method says it wraps
+        module = inspect.getmodule(getattr(UniversalityAccessor, name))
+        free = getattr(module, name)
+        assert free.__module__.startswith("tl_universality.") and free.__name__ == name
+        params = list(inspect.signature(free).parameters.values())
+        assert params[0].name.startswith("model"), name
+        expected = inspect.signature(free).replace(parameters=params[1:])
+        assert inspect.signature(method) == expected, name
+        assert method.__doc__ == free.__doc__ and free.__doc__, name

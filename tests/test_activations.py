@@ -6,8 +6,7 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from tl_universality.activations import collect_activations, stream_activations, unit_index
-from tl_universality.errors import (
+from tl_universality.core.errors import (
     EmptyTokenSourceError,
     HookError,
     NonFiniteActivationError,
@@ -15,6 +14,7 @@ from tl_universality.errors import (
     SequenceTooLongError,
     TokenizerMismatchError,
 )
+from tl_universality.units.activations import collect_activations, stream_activations, unit_index
 
 BOS = 0
 

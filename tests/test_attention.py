@@ -14,14 +14,14 @@ import pytest
 import torch
 from helpers import build_model
 
-from tl_universality.attention import (
+from tl_universality.analyses.attention import (
     AttentionDeactivationScores,
     PathAblationResult,
     attention_deactivation_scores,
     path_ablation,
 )
-from tl_universality.errors import NoUnitsError
-from tl_universality.hooks import RemoveFromQueryInput, apply, split_qkv_input
+from tl_universality.core.errors import NoUnitsError
+from tl_universality.units.hooks import RemoveFromQueryInput, apply, split_qkv_input
 
 BOS = 0
 NEURON = (0, 5)

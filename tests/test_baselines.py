@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tl_universality.baselines import (
+from tl_universality.stats.baselines import (
     baseline_max_corr,
     check_kind,
     mixed_max_corr,
@@ -15,7 +15,7 @@ from tl_universality.baselines import (
     null_corr_sf,
     null_max_corr,
 )
-from tl_universality.cross_moments import CrossMoments
+from tl_universality.stats.cross_moments import CrossMoments
 
 
 def layered_data(n: int = 2000, seed: int = 0):

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from tl_universality import report
-from tl_universality.activations import collect_activations
+from tl_universality.analyses.correlation import CorrelationResult
 from tl_universality.cli import main
-from tl_universality.correlation import CorrelationResult
+from tl_universality.outputs import report
+from tl_universality.units.activations import collect_activations
 
 MAX_TOKENS = 12_000
 

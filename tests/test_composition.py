@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import build_model
 
-from tl_universality.composition import HeadComposition, head_composition
+from tl_universality.analyses.composition import HeadComposition, head_composition
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_subsets_and_errors():
 
 
 def test_save_and_load(model, tmp_path):
-    from tl_universality.errors import CorruptCacheError
+    from tl_universality.core.errors import CorruptCacheError
 
     result = head_composition(model, kinds=["q", "v"])
     loaded = HeadComposition.load(result.save(tmp_path / "comp"))

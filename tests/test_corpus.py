@@ -7,9 +7,9 @@ import json
 import pytest
 
 from tests.helpers import build_model
-from tl_universality import corpus
-from tl_universality._cache import cache_root
-from tl_universality.errors import CorruptCacheError
+from tl_universality.core.cache import cache_root
+from tl_universality.core.errors import CorruptCacheError
+from tl_universality.data import corpus
 
 
 def test_corpus_is_deterministic_and_matches_a_fresh_build(monkeypatch):

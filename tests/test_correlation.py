@@ -12,16 +12,16 @@ import torch
 from helpers import build_model
 
 import tl_universality  # noqa: F401  (registers model.universality)
-from tl_universality.activations import collect_activations
-from tl_universality.baselines import mixing_matrix
-from tl_universality.correlation import (
+from tl_universality.analyses.correlation import (
     CheckpointMismatchError,
     CorrelationResult,
     correlate,
     parse_bytes,
     plan_correlation,
 )
-from tl_universality.errors import CorruptCacheError, TokenizerMismatchError
+from tl_universality.core.errors import CorruptCacheError, TokenizerMismatchError
+from tl_universality.stats.baselines import mixing_matrix
+from tl_universality.units.activations import collect_activations
 
 BOS = 0
 QUIET = dict(bos_token_id=BOS, progress=False)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from tl_universality.cross_moments import CrossMoments, resolve_product_dtype
-from tl_universality.errors import EmptyTokenSourceError
+from tl_universality.core.errors import EmptyTokenSourceError
+from tl_universality.stats.cross_moments import CrossMoments, resolve_product_dtype
 
 
 def adversarial(n: int = 3000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,15 +13,15 @@ import pytest
 import torch
 from helpers import build_model
 
-from tl_universality.entropy import (
+from tl_universality.analyses.entropy import (
     EntropyInterventionResult,
     default_null_space_dim,
     entropy_intervention,
     entropy_neuron_scores,
     matched_random_neurons,
 )
-from tl_universality.errors import NoUnitsError
-from tl_universality.hooks import FixNeuron, FreezeLNScale, run_with_interventions
+from tl_universality.core.errors import NoUnitsError
+from tl_universality.units.hooks import FixNeuron, FreezeLNScale, run_with_interventions
 
 BOS = 0
 NEURON = (1, 3)  # last layer: no later layer can carry its effect around the final LayerNorm
@@ -249,9 +249,9 @@ def test_result_round_trip_plot_and_bad_input(tmp_path):
 
 
 def test_corrupt_saved_results_are_a_clear_error(tmp_path):
-    from tl_universality.attention import PathAblationResult
-    from tl_universality.entropy import EntropyInterventionResult
-    from tl_universality.errors import CorruptCacheError
+    from tl_universality.analyses.attention import PathAblationResult
+    from tl_universality.analyses.entropy import EntropyInterventionResult
+    from tl_universality.core.errors import CorruptCacheError
 
     (tmp_path / "meta.json").write_text("{truncated")
     with pytest.raises(CorruptCacheError, match="not a saved EntropyInterventionResult"):

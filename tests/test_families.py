@@ -14,9 +14,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import tl_universality  # noqa: F401  (registers model.universality)
-from tl_universality.activations import ActivationBatch, collect_activations
-from tl_universality.errors import EmptyTokenSourceError
-from tl_universality.families import (
+from tl_universality.analyses.families import (
     VarianceReductionStats,
     explain,
     families,
@@ -27,7 +25,7 @@ from tl_universality.families import (
     variance_reduction,
     variance_reduction_stream,
 )
-from tl_universality.features import (
+from tl_universality.analyses.features import (
     FeatureContext,
     FeatureSet,
     PositionFeatures,
@@ -35,6 +33,8 @@ from tl_universality.features import (
     default_features,
     normalise_token,
 )
+from tl_universality.core.errors import EmptyTokenSourceError
+from tl_universality.units.activations import ActivationBatch, collect_activations
 
 VOCAB = [
     "<|endoftext|>", " the", "The", "the", " THE", " cat", " dog", " a", "A", " an", " apple",

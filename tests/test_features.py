@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tl_universality.activations import ActivationBatch
-from tl_universality.features import (
+from tl_universality.analyses.features import (
     FeatureContext,
     FeatureSet,
     LabelFeatures,
@@ -26,8 +25,13 @@ from tl_universality.features import (
     token_set_family,
     unregister_family,
 )
-from tl_universality.token_sets import register_token_set, token_set_masks, unregister_token_set
-from tl_universality.tokens import as_token_source
+from tl_universality.data.token_sets import (
+    register_token_set,
+    token_set_masks,
+    unregister_token_set,
+)
+from tl_universality.data.tokens import as_token_source
+from tl_universality.units.activations import ActivationBatch
 
 VOCAB = ["<s>", " the", "The", "the", " cat", " Cat", " apple", " and", ",", ".", " 1999", "\n"]
 BOS = 0

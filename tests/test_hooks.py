@@ -7,10 +7,10 @@ import pytest
 import torch
 from helpers import build_model
 
-from tl_universality.attention import attention_deactivation_scores, path_ablation
-from tl_universality.entropy import entropy_intervention, entropy_neuron_scores
-from tl_universality.errors import HookError
-from tl_universality.hooks import (
+from tl_universality.analyses.attention import attention_deactivation_scores, path_ablation
+from tl_universality.analyses.entropy import entropy_intervention, entropy_neuron_scores
+from tl_universality.core.errors import HookError
+from tl_universality.units.hooks import (
     FixNeuron,
     FreezeLNScale,
     Intervention,

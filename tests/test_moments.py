@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import stats
 
-from tl_universality.errors import EmptyTokenSourceError
-from tl_universality.moments import Moments
+from tl_universality.core.errors import EmptyTokenSourceError
+from tl_universality.stats.moments import Moments
 
 
 def adversarial(n: int = 5000, seed: int = 0) -> np.ndarray:

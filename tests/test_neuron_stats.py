@@ -13,7 +13,7 @@ import torch
 from helpers import build_model
 
 import tl_universality  # noqa: F401  (registers model.universality)
-from tl_universality.neuron_stats import (
+from tl_universality.analyses.neuron_stats import (
     activation_moments,
     compare_universal,
     join_correlation,
@@ -21,7 +21,7 @@ from tl_universality.neuron_stats import (
     weight_cosines,
     weight_stats,
 )
-from tl_universality.tokens import as_token_source
+from tl_universality.data.tokens import as_token_source
 
 BOS = 0
 WEIGHT = ["w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty"]
@@ -149,7 +149,7 @@ def test_unprocessed_model_warns():
 
 
 class FakeCorrelationResult:
-    """Duck-typed stand-in for tl_universality.correlation.CorrelationResult."""
+    """Duck-typed stand-in for tl_universality.analyses.correlation.CorrelationResult."""
 
     def __init__(self, frame: pd.DataFrame) -> None:
         self._frame = frame
@@ -212,12 +212,12 @@ def test_compare_universal_and_plots(model, tokens):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tl_universality.plots_neurons import (
+    from tl_universality.analyses.roles import prediction_neurons
+    from tl_universality.outputs.plots import (
         plot_property_distributions,
         plot_role_counts,
         plot_vocab_moments_by_layer,
     )
-    from tl_universality.roles import prediction_neurons
 
     fig = plot_property_distributions(
         table, ["w_out_norm", "vocab_kurt", "kurt", "act_freq", "skew"]

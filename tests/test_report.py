@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tl_universality import report
+from tl_universality.analyses.correlation import CorrelationResult
 from tl_universality.cli import main
-from tl_universality.correlation import CorrelationResult
+from tl_universality.outputs import report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(

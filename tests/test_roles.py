@@ -10,14 +10,14 @@ import torch
 from helpers import build_model, byte_level_tokenizer, saved
 from transformers import PreTrainedTokenizerFast
 
-from tl_universality.roles import (
+from tl_universality.analyses.roles import (
     ROLES,
     TokenSetScores,
     prediction_neurons,
     role_counts,
     token_set_scores,
 )
-from tl_universality.token_sets import token_set_masks
+from tl_universality.data.token_sets import token_set_masks
 
 # Byte-level BPE storage ("Ġ" = leading space). Months are ids 3, 4, 5; d_vocab is padded to 64.
 VOCAB = ["<|endoftext|>", "Ġthe", "The", "ĠJanuary", "ĠMarch", "ĠMay", "may", "ĠMonday",
@@ -87,7 +87,7 @@ def test_planted_roles(planted):
 
 
 def test_roles_from_a_table_and_thresholds(planted):
-    from tl_universality.vocab import vocab_moments
+    from tl_universality.analyses.vocab import vocab_moments
 
     table = vocab_moments(planted)
     assert prediction_neurons(table)["role"].equals(prediction_neurons(planted)["role"])
@@ -185,7 +185,7 @@ def test_model_without_tokenizer_needs_masks():
 
 
 def test_save_and_load(planted, tmp_path):
-    from tl_universality.errors import CorruptCacheError
+    from tl_universality.core.errors import CorruptCacheError
 
     result = token_set_scores(planted, ["months", "leading_space", "quote"], layers=1)
     loaded = TokenSetScores.load(result.save(tmp_path / "sets"))

@@ -12,9 +12,8 @@ import torch
 from scipy import stats
 
 from tests.helpers import build_model
-from tl_universality.activations import collect_activations
-from tl_universality.correlation import correlate
-from tl_universality.sae import (
+from tl_universality.analyses.correlation import correlate
+from tl_universality.analyses.sae import (
     SAEUnits,
     decoder_similarity,
     latent_universality,
@@ -23,6 +22,7 @@ from tl_universality.sae import (
     sae_unit_stats,
     train_sae,
 )
+from tl_universality.units.activations import collect_activations
 
 sae_lens = pytest.importorskip("sae_lens")
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tests.helpers import build_model
-from tl_universality.activations import collect_activations, unit_index
-from tl_universality.errors import HookError
-from tl_universality.sae import SAEUnits, attached_sae_units
+from tl_universality.analyses.sae import SAEUnits, attached_sae_units
+from tl_universality.core.errors import HookError
+from tl_universality.units.activations import collect_activations, unit_index
 
 sae_lens = pytest.importorskip("sae_lens")
 

@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 
-from tl_universality import seeds
-from tl_universality.errors import CorruptCacheError
-from tl_universality.seeds import (
+from tl_universality.core.errors import CorruptCacheError
+from tl_universality.data import seeds
+from tl_universality.data.seeds import (
     PRESETS,
     SeedFamilyConfig,
     family_folder,

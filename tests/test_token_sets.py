@@ -8,7 +8,7 @@ from helpers import byte_level_tokenizer, saved
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from tl_universality.token_sets import (
+from tl_universality.data.token_sets import (
     BUILTIN_TOKEN_SETS,
     get_token_set,
     list_token_sets,
@@ -224,7 +224,7 @@ def test_builtins_cover_the_issue_list():
 
 def test_trained_byte_level_tokenizer_round_trips(tmp_path):
     """On a trained BPE tokenizer (the project's recipe) strings equal ``decode([i])``."""
-    from tl_universality.corpus import train_tokenizer
+    from tl_universality.data.corpus import train_tokenizer
 
     text = "The café's naïve owner said: “Hello, World!” in January 1999 — 日本語 🙂 (ok).\n"
     tokenizer = train_tokenizer(400, folder=tmp_path / "tok", documents=[text] * 20)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tests.helpers import build_model
-from tl_universality.corpus import build_corpus
-from tl_universality.errors import EmptyTokenSourceError, SequenceTooLongError
-from tl_universality.tokens import (
+from tl_universality.core.errors import EmptyTokenSourceError, SequenceTooLongError
+from tl_universality.data.corpus import build_corpus
+from tl_universality.data.tokens import (
     DefaultCorpusSource,
     HFDatasetSource,
     JsonlSource,

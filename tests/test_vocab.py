@@ -8,13 +8,13 @@ import scipy.stats
 import torch
 from helpers import build_model
 
-from tl_universality.errors import NoUnitsError
-from tl_universality.vocab import (
+from tl_universality.analyses.vocab import (
     top_tokens,
     vocab_composition,
     vocab_moments,
     weight_processing_notes,
 )
+from tl_universality.core.errors import NoUnitsError
 
 
 @pytest.fixture(scope="module")

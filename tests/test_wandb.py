@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from tests.helpers import build_model
-from tl_universality.correlation import CorrelationResult, correlate
-from tl_universality.wandb_logging import WandbProgress, log_results, open_run
+from tl_universality.analyses.correlation import CorrelationResult, correlate
+from tl_universality.outputs.wandb import WandbProgress, log_results, open_run
 
 wandb = pytest.importorskip("wandb")
 

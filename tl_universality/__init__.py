@@ -10,16 +10,8 @@ from tl_universality.accessor import (
     register_default_accessors,
     register_model_accessor,
 )
-from tl_universality.activations import (
-    ActivationBatch,
-    UnitIndex,
-    collect_activations,
-    stream_activations,
-    unit_index,
-)
-from tl_universality.correlation import CorrelationResult, correlate, plan_correlation
-from tl_universality.cross_moments import CrossMoments
-from tl_universality.errors import (
+from tl_universality.analyses.correlation import CorrelationResult, correlate, plan_correlation
+from tl_universality.core.errors import (
     AccessorError,
     CheckpointMismatchError,
     CorruptCacheError,
@@ -31,9 +23,17 @@ from tl_universality.errors import (
     TokenizerMismatchError,
     UniversalityError,
 )
-from tl_universality.hooks import FixNeuron, FreezeLNScale, RemoveFromQueryInput
-from tl_universality.moments import Moments
-from tl_universality.protocol import HookedModel
+from tl_universality.core.protocol import HookedModel
+from tl_universality.stats.cross_moments import CrossMoments
+from tl_universality.stats.moments import Moments
+from tl_universality.units.activations import (
+    ActivationBatch,
+    UnitIndex,
+    collect_activations,
+    stream_activations,
+    unit_index,
+)
+from tl_universality.units.hooks import FixNeuron, FreezeLNScale, RemoveFromQueryInput
 
 __version__ = "0.1.0"
 

@@ -8,12 +8,23 @@ name with the model as its first argument.
 
 from __future__ import annotations
 
-import importlib
+import functools
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from tl_universality.errors import AccessorError
+from tl_universality.analyses import attention as attention_module
+from tl_universality.analyses import composition as composition_module
+from tl_universality.analyses import correlation as correlation_module
+from tl_universality.analyses import entropy as entropy_module
+from tl_universality.analyses import families as families_module
+from tl_universality.analyses import neuron_stats as neuron_stats_module
+from tl_universality.analyses import roles as roles_module
+from tl_universality.analyses import sae as sae_module
+from tl_universality.analyses import vocab as vocab_module
+from tl_universality.core.errors import AccessorError
+from tl_universality.units import activations as activations_module
 
 AccessorT = TypeVar("AccessorT")
 
@@ -78,19 +89,23 @@ def register_model_accessor(
     return decorator
 
 
-def _delegate(module: str, function: str) -> Callable[..., Any]:
-    """An accessor method that calls ``tl_universality.<module>.<function>(model, ...)``."""
+def _delegate(function: Callable[..., Any]) -> Callable[..., Any]:
+    """An accessor method that calls ``function(model, ...)`` and shows its real signature.
 
-    def method(self: UniversalityAccessor, *args: Any, **kwargs: Any) -> Any:
-        func = getattr(importlib.import_module(f"tl_universality.{module}"), function)
-        return func(self._model, *args, **kwargs)
+    ``inspect.signature`` of the bound method equals the free function's without the model, and
+    ``help()`` shows the free function's docstring.
+    """
+    signature = inspect.signature(function)
+    params = list(signature.parameters.values())[1:]
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
 
-    method.__name__ = function
-    method.__qualname__ = f"UniversalityAccessor.{function}"
-    method.__doc__ = (
-        f"Run :func:`tl_universality.{module}.{function}` on this model"
-        f" (the model is its first argument; see that function for the rest)."
-    )
+    @functools.wraps(function)
+    def method(self: UniversalityAccessor, /, *args: Any, **kwargs: Any) -> Any:
+        return function(self._model, *args, **kwargs)
+
+    method.__qualname__ = f"UniversalityAccessor.{function.__name__}"
+    method.__signature__ = signature.replace(parameters=[self_param, *params])  # type: ignore[attr-defined]
+    del method.__wrapped__  # inspect must read __signature__, not the model-first original
     return method
 
 
@@ -98,7 +113,7 @@ class UniversalityAccessor:
     """Universal-neuron analyses of one model, as ``model.universality.<analysis>(...)``.
 
     Every method is a thin call of the free function of the same name, which takes the model as its
-    first argument and works on any :class:`~tl_universality.protocol.HookedModel`.
+    first argument and works on any :class:`~tl_universality.core.protocol.HookedModel`.
 
     Examples:
         >>> import tl_universality  # registers the accessor
@@ -124,35 +139,43 @@ class UniversalityAccessor:
         return f"<UniversalityAccessor of {type(self._model).__name__}>"
 
     # Units and activations
-    unit_index = _delegate("activations", "unit_index")
-    stream_activations = _delegate("activations", "stream_activations")
-    collect_activations = _delegate("activations", "collect_activations")
+    unit_index = _delegate(activations_module.unit_index)
+    stream_activations = _delegate(activations_module.stream_activations)
+    collect_activations = _delegate(activations_module.collect_activations)
 
-    # Universality (METHOD.md section 1.1)
-    correlate = _delegate("correlation", "correlate")
+    # Universality (docs/concepts.md, "Universality")
+    correlate = _delegate(correlation_module.correlate)
 
-    # Neuron table, vocabulary composition and roles (sections 1.2, 1.4)
-    neuron_stats = _delegate("neuron_stats", "neuron_stats")
-    vocab_moments = _delegate("vocab", "vocab_moments")
-    vocab_composition = _delegate("vocab", "vocab_composition")
-    prediction_neurons = _delegate("roles", "prediction_neurons")
-    token_set_scores = _delegate("roles", "token_set_scores")
-    head_composition = _delegate("composition", "head_composition")
+    # Neuron table, vocabulary composition and roles ("The neuron table", "Circuit roles")
+    neuron_stats = _delegate(neuron_stats_module.neuron_stats)
+    vocab_moments = _delegate(vocab_module.vocab_moments)
+    vocab_composition = _delegate(vocab_module.vocab_composition)
+    prediction_neurons = _delegate(roles_module.prediction_neurons)
+    token_set_scores = _delegate(roles_module.token_set_scores)
+    head_composition = _delegate(composition_module.head_composition)
 
-    # Families (section 1.3)
-    explain = _delegate("families", "explain")
-    families = _delegate("families", "families")
-    top_activations = _delegate("families", "top_activations")
+    # Families ("Neuron families")
+    explain = _delegate(families_module.explain)
+    families = _delegate(families_module.families)
+    top_activations = _delegate(families_module.top_activations)
 
-    # Circuit roles (section 1.4)
-    entropy_neuron_scores = _delegate("entropy", "entropy_neuron_scores")
-    entropy_intervention = _delegate("entropy", "entropy_intervention")
-    attention_deactivation_scores = _delegate("attention", "attention_deactivation_scores")
-    path_ablation = _delegate("attention", "path_ablation")
+    # Circuit roles ("Circuit roles")
+    entropy_neuron_scores = _delegate(entropy_module.entropy_neuron_scores)
+    entropy_intervention = _delegate(entropy_module.entropy_intervention)
+    attention_deactivation_scores = _delegate(attention_module.attention_deactivation_scores)
+    path_ablation = _delegate(attention_module.path_ablation)
 
     # SAE latents as units
-    neuron_latent_correlation = _delegate("sae", "neuron_latent_correlation")
-    sae_unit_stats = _delegate("sae", "sae_unit_stats")
+    neuron_latent_correlation = _delegate(sae_module.neuron_latent_correlation)
+    sae_unit_stats = _delegate(sae_module.sae_unit_stats)
+
+
+ACCESSOR_METHODS: tuple[str, ...] = tuple(
+    name
+    for name, value in vars(UniversalityAccessor).items()
+    if callable(value) and not name.startswith("_")
+)
+"""The names of every analysis the accessor offers."""
 
 
 def register_default_accessors(name: str = "universality") -> None:

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tl_universality import report
-from tl_universality.errors import UniversalityError
+from tl_universality.core.errors import UniversalityError
+from tl_universality.outputs import report
 
 log = logging.getLogger("tl_universality")
 
@@ -38,7 +38,7 @@ def load_models(
     ``checkpoint`` selects a training checkpoint by value). ``family`` loads (training on first
     use) a whole offline seed family by preset name instead.
     """
-    from tl_universality import seeds
+    from tl_universality.data import seeds
 
     models: list[Any] = []
     if family is not None:
@@ -64,7 +64,7 @@ def load_models(
 def _tokens(args: argparse.Namespace) -> Any:
     """Tokens: a dataset name or file, the embedded corpus, or the family's held-out split."""
     if args.tokens in (None, "held-out") and getattr(args, "family", None):
-        from tl_universality import seeds
+        from tl_universality.data import seeds
 
         return seeds.train_seed_family(args.family, progress=not args.quiet).held_out_tokens()
     return None if args.tokens in (None, "default") else args.tokens
@@ -74,8 +74,8 @@ def _tokens(args: argparse.Namespace) -> Any:
 
 
 def cmd_train_seeds(args: argparse.Namespace) -> int:
+    from tl_universality.data.seeds import train_seed_family
     from tl_universality.demo import describe_family
-    from tl_universality.seeds import train_seed_family
 
     family = train_seed_family(args.preset, progress=not args.quiet, device=args.device)
     print(describe_family(family))
@@ -84,7 +84,7 @@ def cmd_train_seeds(args: argparse.Namespace) -> int:
 
 
 def cmd_correlate(args: argparse.Namespace) -> int:
-    from tl_universality.correlation import correlate
+    from tl_universality.analyses.correlation import correlate
 
     models = load_models(
         args.models,
@@ -119,7 +119,7 @@ def _reference(args: argparse.Namespace) -> Any:
 
     Seed models are saved as trained; processing them leaves MLP activations unchanged.
     """
-    from tl_universality.vocab import weight_processing_notes
+    from tl_universality.analyses.vocab import weight_processing_notes
 
     model = load_models(
         args.models[:1], family=None if args.models else args.family, device=args.device,
@@ -131,14 +131,14 @@ def _reference(args: argparse.Namespace) -> Any:
 
 
 def _load_correlation(args: argparse.Namespace) -> Any:
-    from tl_universality.correlation import CorrelationResult
+    from tl_universality.analyses.correlation import CorrelationResult
 
     folder = Path(args.correlation or Path(args.out) / report.CORRELATION_DIR)
     return CorrelationResult.load(folder) if folder.is_dir() else None
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from tl_universality.neuron_stats import compare_universal, neuron_stats
+    from tl_universality.analyses.neuron_stats import compare_universal, neuron_stats
 
     model = _reference(args)
     correlation = _load_correlation(args)
@@ -156,7 +156,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_families(args: argparse.Namespace) -> int:
-    from tl_universality.families import explain, families, family_counts
+    from tl_universality.analyses.families import explain, families, family_counts
 
     model = _reference(args)
     correlation = _load_correlation(args)
@@ -181,9 +181,9 @@ def cmd_families(args: argparse.Namespace) -> int:
 
 
 def cmd_roles(args: argparse.Namespace) -> int:
-    from tl_universality.attention import attention_deactivation_scores
-    from tl_universality.entropy import entropy_neuron_scores
-    from tl_universality.roles import prediction_neurons, role_counts
+    from tl_universality.analyses.attention import attention_deactivation_scores
+    from tl_universality.analyses.entropy import entropy_neuron_scores
+    from tl_universality.analyses.roles import prediction_neurons, role_counts
 
     model = _reference(args)
     out = _out(args)
@@ -219,7 +219,7 @@ def _out(args: argparse.Namespace) -> Path:
 def _maybe_wandb(args: argparse.Namespace, *results: Any) -> None:
     if not args.wandb:
         return
-    from tl_universality.wandb_logging import log_results
+    from tl_universality.outputs.wandb import log_results
 
     log_results(results, project=args.wandb_project, out_dir=Path(args.out))
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tl_universality import report as files
+from tl_universality.outputs import report as files
 
 #: Tokens used by the causal tests (entropy intervention, path ablation).
 INTERVENTION_TOKENS = 4096
@@ -101,13 +101,17 @@ def run_demo(
     Examples:
         >>> run_demo("out", preset="tiny")  # doctest: +SKIP
     """
-    from tl_universality.attention import attention_deactivation_scores, path_ablation
-    from tl_universality.correlation import correlate
-    from tl_universality.entropy import entropy_intervention, entropy_neuron_scores
-    from tl_universality.families import explain, families, family_counts
-    from tl_universality.neuron_stats import CONTRAST_PROPERTIES, compare_universal, neuron_stats
-    from tl_universality.roles import prediction_neurons, role_counts, token_set_scores
-    from tl_universality.seeds import train_seed_family
+    from tl_universality.analyses.attention import attention_deactivation_scores, path_ablation
+    from tl_universality.analyses.correlation import correlate
+    from tl_universality.analyses.entropy import entropy_intervention, entropy_neuron_scores
+    from tl_universality.analyses.families import explain, families, family_counts
+    from tl_universality.analyses.neuron_stats import (
+        CONTRAST_PROPERTIES,
+        compare_universal,
+        neuron_stats,
+    )
+    from tl_universality.analyses.roles import prediction_neurons, role_counts, token_set_scores
+    from tl_universality.data.seeds import train_seed_family
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +262,7 @@ def run_demo(
     _say(progress, f"\nResults in {out}; report: {page}")
 
     if wandb:
-        from tl_universality.wandb_logging import log_results
+        from tl_universality.outputs.wandb import log_results
 
         log_results(
             [corr, table, labels, ent, roles],

@@ -1,210 +1,22 @@
-"""Log results to Weights & Biases: configuration, scalar summaries, tables, histograms, figures.
+"""Moved to :mod:`tl_universality.outputs.wandb`.
 
-wandb is imported lazily and defaults to offline mode (``WANDB_MODE`` overrides it), so nothing
-ever prompts for a login. Logging is best effort: callers save results to disk first, and a wandb
-error is turned into a warning so the computed result is never lost.
-
-Any result object can be logged. A correlation result logs its summaries, tables, histograms and
-figure (:func:`correlation_payload`); objects with a ``wandb_payload()`` method say what to log;
-DataFrames are logged as tables; other objects with ``to_dataframe()`` are logged as that table.
+This path works for one more release.
 """
 
-from __future__ import annotations
+from tl_universality.outputs.wandb import (
+    WandbPayload,
+    WandbProgress,
+    correlation_payload,
+    log_results,
+    open_run,
+    payload_of,
+)
 
-import os
-import warnings
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pandas as pd
-
-
-@dataclass
-class WandbPayload:
-    """What to log for one result, under ``prefix/``."""
-
-    prefix: str
-    scalars: dict[str, float] = field(default_factory=dict)
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    histograms: dict[str, np.ndarray] = field(default_factory=dict)
-    figures: dict[str, Any] = field(default_factory=dict)
-
-
-def correlation_payload(result: Any, threshold: float = 0.5) -> WandbPayload:
-    """What a :class:`~tl_universality.correlation.CorrelationResult` logs: the universal share
-    overall and per layer, median max-correlation and baseline, the universal-neuron table, the
-    per-layer table, histograms of max correlation, baseline and excess, and the paper's figure."""
-    table = result.to_dataframe(threshold)
-    share = result.universal_share(threshold)
-    scalars = {
-        "universal_share": float(table["is_universal"].mean()),
-        "n_universal": float(table["is_universal"].sum()),
-        "median_max_corr": float(table["mean_corr"].median()),
-        "median_baseline": float(table["mean_baseline"].median()),
-    }
-    for row in share.itertuples():
-        scalars[f"layer_{row.layer}/universal_share"] = float(row.universal_share)
-    return WandbPayload(
-        "correlation",
-        scalars=scalars,
-        tables={"universal_neurons": result.universal_neurons(threshold), "per_layer": share},
-        histograms={
-            "max_corr": table["mean_corr"].to_numpy(),
-            "baseline_max_corr": table["mean_baseline"].to_numpy(),
-            "excess_corr": table["excess_corr"].to_numpy(),
-        },
-        figures={"figure": result.plot(threshold)},
-    )
-
-
-def payload_of(result: Any, prefix: str | None = None) -> WandbPayload:
-    """The :class:`WandbPayload` of a result (see the module docstring for the rules)."""
-    from tl_universality.correlation import CorrelationResult
-
-    if isinstance(result, CorrelationResult):
-        payload = correlation_payload(result)
-        payload.prefix = prefix or payload.prefix
-        return payload
-    if hasattr(result, "wandb_payload"):
-        payload = result.wandb_payload()
-        if prefix:
-            payload.prefix = prefix
-        return payload
-    name = prefix or _snake(type(result).__name__)
-    if isinstance(result, pd.DataFrame):
-        return WandbPayload(name, tables={"table": result})
-    if hasattr(result, "to_dataframe"):
-        return WandbPayload(name, tables={"table": result.to_dataframe()})
-    raise TypeError(
-        f"Don't know how to log a {type(result).__name__} to wandb: give it a wandb_payload() or"
-        " to_dataframe() method, or pass a DataFrame."
-    )
-
-
-def _snake(name: str) -> str:
-    out = "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
-    return out.removesuffix("_result")
-
-
-def open_run(
-    project: str = "tl_universality",
-    *,
-    config: Mapping[str, Any] | None = None,
-    mode: str | None = None,
-    dir: str | Path | None = None,
-    name: str | None = None,
-) -> Any:
-    """Start a wandb run that never prompts: offline unless ``mode`` or ``WANDB_MODE`` says else.
-
-    ``mode="disabled"`` gives a run that writes nothing.
-    """
-    import wandb
-
-    mode = mode or os.environ.get("WANDB_MODE") or "offline"
-    if dir is not None:
-        Path(dir).mkdir(parents=True, exist_ok=True)
-    return wandb.init(
-        project=project,
-        config=dict(config or {}),
-        mode=mode,
-        dir=str(dir) if dir is not None else None,
-        name=name,
-        reinit="create_new",
-        settings=wandb.Settings(silent=True, console="off"),
-    )
-
-
-def log_results(
-    results: Iterable[Any] | Any,
-    *,
-    run: Any = None,
-    project: str = "tl_universality",
-    config: Mapping[str, Any] | None = None,
-    mode: str | None = None,
-    out_dir: str | Path | None = None,
-    finish: bool | None = None,
-) -> Any:
-    """Log one or several results to ``run`` (or to a new offline run in ``out_dir``).
-
-    Returns the run, or ``None`` when wandb failed (a warning says why; nothing else is lost).
-
-    Examples:
-        >>> df = pd.DataFrame({"layer": [0], "neuron": [3], "excess_corr": [0.7]})
-        >>> log_results(df, mode="disabled") is not None
-        True
-    """
-    if not isinstance(results, (list, tuple)):
-        results = [results]
-    own_run = run is None
-    try:
-        import wandb
-
-        if own_run:
-            run = open_run(project, config=config, mode=mode, dir=out_dir)
-        for result in results:
-            payload = payload_of(result)
-            p = payload.prefix
-            if payload.scalars:
-                run.summary.update({f"{p}/{k}": float(v) for k, v in payload.scalars.items()})
-            row: dict[str, Any] = {}
-            for key, table in payload.tables.items():
-                row[f"{p}/{key}"] = wandb.Table(dataframe=table.reset_index(drop=True))
-            for key, values in payload.histograms.items():
-                finite = np.asarray(values, dtype=np.float64)
-                row[f"{p}/{key}"] = wandb.Histogram(finite[np.isfinite(finite)])
-            for key, fig in payload.figures.items():
-                row[f"{p}/{key}"] = wandb.Image(_figure_image(fig))
-            if row:
-                run.log(row)
-        if finish if finish is not None else own_run:
-            run.finish()
-        return run
-    except Exception as err:  # a logging failure must never cost the user their result
-        warnings.warn(
-            f"wandb logging failed ({type(err).__name__}: {err}); the results on disk are intact."
-            " Re-log them later with tl_universality.wandb_logging.log_results.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
-
-
-def _figure_image(fig: Any) -> Any:
-    """A PIL image of a matplotlib figure (wandb's own conversion needs pyplot's global state)."""
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    buf.seek(0)
-    return Image.open(buf)
-
-
-class WandbProgress:
-    """A progress callback that logs a long run's progress to wandb as it goes.
-
-    Pass it as ``correlate(..., callback=WandbProgress(run))``: each call logs the numeric fields
-    of the progress object it receives (tokens, sequences, pass) under ``prefix/``; it can also be
-    called with keyword arguments.
-    """
-
-    def __init__(self, run: Any, prefix: str = "progress") -> None:
-        self.run = run
-        self.prefix = prefix
-
-    def __call__(self, progress: Any = None, **scalars: float) -> None:
-        if progress is not None:
-            fields = progress.__dict__ if hasattr(progress, "__dict__") else dict(progress)
-            scalars = {
-                k: v
-                for k, v in fields.items()
-                if isinstance(v, (int, float)) and not k.startswith("_")
-            } | scalars
-        try:
-            self.run.log({f"{self.prefix}/{k}": float(v) for k, v in scalars.items()})
-        except Exception as err:  # never stop a long run for a logging hiccup
-            warnings.warn(f"wandb progress logging failed: {err}", RuntimeWarning, stacklevel=2)
+__all__ = [
+    "WandbPayload",
+    "WandbProgress",
+    "correlation_payload",
+    "log_results",
+    "open_run",
+    "payload_of",
+]

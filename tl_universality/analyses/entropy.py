@@ -1,0 +1,617 @@
+"""Entropy neurons (METHOD.md section 1.4): a large output norm, hardly any direct logit effect.
+
+An entropy neuron writes into directions the unembedding barely reads (the span of ``W_U``'s
+smallest singular directions). It changes the logits mainly by changing the norm of the residual
+stream, hence the final LayerNorm scale, hence the temperature of the next-token distribution.
+
+- :func:`entropy_neuron_scores` ranks candidates from the weights alone: each neuron's output norm
+  ``w_out_norm``, its vocabulary variance ``vocab_var`` (METHOD.md section 1.2) and the share of
+  ``‖w_out‖²`` in the unembedding's near-null space.
+- :func:`entropy_intervention` is the causal test: fix a neuron's activation to a range of values at
+  every position and measure the mean next-token entropy, loss, reciprocal rank of the true next
+  token and final LayerNorm scale, for the **total** effect and for the **direct** effect (final LN
+  scale frozen to its clean value with :class:`~tl_universality.units.hooks.FreezeLNScale`), against
+  random neurons of the same layer matched on output norm.
+
+The unembedding "as the residual stream sees it" is the *readout* ``R = C_d · diag(w_ln) · W_U ·
+C_V``: the final LayerNorm's centring ``C_d`` (LayerNorm only, not RMSNorm) and weight ``w_ln``
+(when not folded into ``W_U``), then ``W_U``, then the centring over the vocabulary ``C_V`` (adding
+the same amount to every logit changes nothing). For a model with TransformerLens's processed
+weights (``fold_ln``, ``center_unembed``) this is just ``W_U`` with the all-ones direction, which
+the LayerNorm removes anyway, set aside. The near-null space is spanned by the left singular
+vectors of ``R`` with the smallest singular values, taken inside the subspace the final norm lets
+through.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tl_universality.core.protocol import HookedModel, mlp_hook_names, model_name
+from tl_universality.core.saving import reading_saved
+from tl_universality.units.hooks import (
+    FixNeuron,
+    FreezeLNScale,
+    run_with_interventions,
+    token_batches,
+)
+
+LN_SCALE_HOOK = "ln_final.hook_scale"
+"""The final LayerNorm's scale, ``[batch, pos, 1]``: what an entropy neuron acts through."""
+
+METRICS = ("entropy", "loss", "reciprocal_rank", "ln_scale")
+"""What :func:`entropy_intervention` measures, each averaged over predicted positions."""
+
+NeuronSpec = tuple[int, int] | Sequence[tuple[int, int]] | pd.DataFrame
+"""One ``(layer, neuron)``, a list of them, or a table with ``layer`` and ``neuron`` columns
+(e.g. the top rows of :func:`entropy_neuron_scores`)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight scores
+# ---------------------------------------------------------------------------------------------
+
+
+def default_null_space_dim(d_model: int) -> int:
+    """``max(1, d_model // 20)``: about 5% of the residual width.
+
+    That is 38 directions for GPT-2 small (d_model 768) and 51 for GPT-2 medium (1024), close to
+    the bottom ~40 singular directions of GPT-2 small's ``W_U`` that follow-up work on entropy
+    neurons treats as its effective null space.
+
+    Examples:
+        >>> default_null_space_dim(768), default_null_space_dim(32)
+        (38, 1)
+    """
+    return max(1, int(d_model) // 20)
+
+
+def _readout_gram(model: HookedModel) -> tuple[Float[Tensor, "d_model d_model"], bool]:
+    """``R Rᵀ`` of the readout ``R`` (module docstring) in float64, and whether the final norm
+    centres. Built a slice of the vocabulary at a time, so no ``[d_model, d_vocab]`` float64 copy of
+    ``W_U`` is ever held."""
+    W_U = model.W_U.detach()  # type: ignore[attr-defined]
+    d_model, d_vocab = W_U.shape
+    gram = torch.zeros(d_model, d_model, dtype=torch.float64)
+    total = torch.zeros(d_model, dtype=torch.float64)
+    step = max(1, 2**22 // d_model)
+    for start in range(0, d_vocab, step):
+        block = W_U[:, start : start + step].to("cpu", torch.float64)
+        gram += block @ block.T
+        total += block.sum(dim=1)
+    # Centring over the vocabulary (a shift of every logit changes no probability):
+    # W C_V Wᵀ = W Wᵀ - V μ μᵀ with μ the mean over the vocabulary.
+    mean = total / d_vocab
+    gram -= d_vocab * torch.outer(mean, mean)
+    norm_type = getattr(model.cfg, "normalization_type", None)
+    ln_final = getattr(model, "ln_final", None)
+    if norm_type is None or ln_final is None:
+        return gram, False
+    weight = getattr(ln_final, "w", None)
+    if isinstance(weight, Tensor):
+        w = weight.detach().to("cpu", torch.float64)
+        gram = w[:, None] * gram * w[None, :]
+    centres = norm_type in ("LN", "LNPre") and not getattr(model.cfg, "final_rms", False)
+    return gram, centres
+
+
+def null_space_basis(
+    model: HookedModel, null_space_dim: int | None = None
+) -> tuple[Float[Tensor, "d_model k"], Float[Tensor, " k"]]:
+    """Orthonormal basis of the readout's near-null space, with its singular values (ascending).
+
+    The directions are the left singular vectors of the readout ``R`` (module docstring) with the
+    ``null_space_dim`` smallest singular values. When the final norm centres the residual
+    (LayerNorm), they are taken inside the zero-mean subspace, so the all-ones direction, which the
+    LayerNorm removes before ``W_U`` sees anything, is not counted as "invisible to ``W_U``".
+    They are eigenvectors of ``R Rᵀ`` (float64), so a singular value below about ``1e-8`` times the
+    largest reads as 0.
+
+    Examples:
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> model = HookedTransformer(HookedTransformerConfig(
+        ...     n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, act_fn="relu", seed=0))
+        >>> basis, sv = null_space_basis(model, 2)
+        >>> basis.shape, bool(torch.allclose(basis.T @ basis, torch.eye(2, dtype=basis.dtype)))
+        (torch.Size([8, 2]), True)
+    """
+    gram, centres = _readout_gram(model)  # eigenvectors of R Rᵀ = left singular vectors of R
+    d_model = gram.shape[0]
+    k = default_null_space_dim(d_model) if null_space_dim is None else int(null_space_dim)
+    available = d_model - 1 if centres else d_model
+    if not 1 <= k <= available:
+        raise ValueError(
+            f"null_space_dim must be between 1 and {available} for {model_name(model)}"
+            f" (d_model={d_model}{', minus the all-ones direction LayerNorm removes' * centres});"
+            f" got {k}."
+        )
+    if centres:
+        # Orthonormal basis of the zero-mean subspace: eigenvectors of the centring matrix with
+        # eigenvalue 1 (the one eigenvalue 0 belongs to the all-ones direction).
+        centring = torch.eye(d_model, dtype=torch.float64) - 1.0 / d_model
+        _, vecs = torch.linalg.eigh(centring)
+        sub = vecs[:, 1:]
+        evals, evecs = torch.linalg.eigh(sub.T @ gram @ sub)
+        basis = sub @ evecs[:, :k]
+    else:
+        evals, evecs = torch.linalg.eigh(gram)
+        basis = evecs[:, :k]
+    return basis, evals[:k].clamp_min(0).sqrt()
+
+
+def entropy_neuron_scores(model: HookedModel, null_space_dim: int | None = None) -> pd.DataFrame:
+    """Rank every MLP neuron as a candidate entropy neuron, from its weights.
+
+    Columns: ``layer, neuron, w_out_norm`` (‖W_out[n]‖), ``vocab_var`` (variance over the vocabulary
+    of cos(w_out, W_U[:, v]), from :func:`~tl_universality.analyses.vocab.vocab_moments`),
+    ``null_space_share`` (share of ‖w_out‖² in the near-null space of the unembedding, see
+    :func:`null_space_basis`), ``null_space_norm`` (= ``w_out_norm * sqrt(null_space_share)``,
+    the norm of the part of ``w_out`` the unembedding cannot see) and ``rank`` (1 = best).
+    Rows are sorted by ``null_space_norm``, descending: an entropy neuron writes a lot, and writes
+    it where ``W_U`` is blind. Anti-entropy neurons rank the same way; the sign of their effect
+    shows in :func:`entropy_intervention`. ``table.attrs`` records ``null_space_dim`` and the
+    near-null singular values.
+
+    Args:
+        model: Any TransformerLens model with MLPs.
+        null_space_dim: How many of the smallest singular directions span the near-null space
+            (default :func:`default_null_space_dim`, about 5% of ``d_model``).
+
+    Examples:
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> model = HookedTransformer(HookedTransformerConfig(
+        ...     n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, act_fn="relu", seed=0))
+        >>> table = entropy_neuron_scores(model, null_space_dim=2)
+        >>> list(table.columns)[:5], len(table)
+        (['layer', 'neuron', 'w_out_norm', 'vocab_var', 'null_space_share'], 32)
+    """
+    from tl_universality.analyses.vocab import vocab_moments
+
+    mlp_hook_names(model)  # clear NoUnitsError for attention-only models
+    basis, singular_values = null_space_basis(model, null_space_dim)
+    W_out = model.W_out.detach().to("cpu", torch.float64)  # type: ignore[attr-defined]
+    n_layers, d_mlp, _ = W_out.shape
+    norm2 = W_out.pow(2).sum(-1)
+    null2 = (W_out @ basis).pow(2).sum(-1)
+    share = torch.where(norm2 > 0, null2 / norm2.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    table = pd.DataFrame(
+        {
+            "layer": np.repeat(np.arange(n_layers, dtype=np.int64), d_mlp),
+            "neuron": np.tile(np.arange(d_mlp, dtype=np.int64), n_layers),
+            "w_out_norm": norm2.sqrt().reshape(-1).numpy(),
+            "null_space_share": share.reshape(-1).numpy(),
+            "null_space_norm": null2.sqrt().reshape(-1).numpy(),
+        }
+    )
+    vocab = vocab_moments(model)[["layer", "neuron", "vocab_var"]]
+    table = table.merge(vocab, on=["layer", "neuron"], how="left")
+    table = table[
+        ["layer", "neuron", "w_out_norm", "vocab_var", "null_space_share", "null_space_norm"]
+    ]
+    table = table.sort_values("null_space_norm", ascending=False, kind="stable")
+    table = table.reset_index(drop=True)
+    table["rank"] = np.arange(1, len(table) + 1)
+    table.attrs["null_space_dim"] = int(basis.shape[1])
+    table.attrs["null_space_singular_values"] = singular_values.tolist()
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Causal test
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_neurons(model: HookedModel, neurons: NeuronSpec) -> list[tuple[int, int]]:
+    if isinstance(neurons, pd.DataFrame):
+        pairs = list(zip(neurons["layer"].tolist(), neurons["neuron"].tolist(), strict=True))
+    elif (
+        isinstance(neurons, tuple)
+        and len(neurons) == 2
+        and all(isinstance(x, (int, np.integer)) for x in neurons)
+    ):
+        pairs = [neurons]  # type: ignore[list-item]
+    else:
+        pairs = [tuple(p) for p in neurons]  # type: ignore[misc]
+    out = [(int(layer), int(neuron)) for layer, neuron in pairs]
+    if not out:
+        raise ValueError("No neurons given: pass (layer, neuron) pairs.")
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    bad = [p for p in out if not (0 <= p[0] < n_layers and 0 <= p[1] < d_mlp)]
+    if bad:
+        raise IndexError(
+            f"{model_name(model)} has layers 0..{n_layers - 1} with {d_mlp} neurons each;"
+            f" got {bad}."
+        )
+    return list(dict.fromkeys(out))  # unique, in order
+
+
+def matched_random_neurons(
+    norms: Float[Tensor, "layer neuron"],
+    candidates: Sequence[tuple[int, int]],
+    n: int,
+    seed: int = 0,
+) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """For each candidate, ``n`` random neurons of its layer matched on output norm.
+
+    Matching: the other neurons of the layer (candidates excluded) closest in ``log ‖w_out‖``,
+    ``4 n`` of them (or all there are), of which ``n`` are drawn at random. The pool keeps the draw
+    random while keeping norms close, even for a candidate whose norm is an outlier.
+
+    Examples:
+        >>> norms = torch.tensor([[1.0, 1.1, 5.0, 0.9, 4.0, 1.05, 0.1, 0.2, 0.3]])
+        >>> matched = matched_random_neurons(norms, [(0, 2)], n=1)[(0, 2)]
+        >>> len(matched), matched[0] in [(0, 4), (0, 1), (0, 5), (0, 0)]  # the 4 closest in norm
+        (1, True)
+    """
+    rng = np.random.default_rng(seed)
+    excluded = set(candidates)
+    log_norm = torch.log(norms.to(torch.float64).clamp_min(1e-30)).numpy()
+    out: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for layer, neuron in candidates:
+        others = np.array([j for j in range(norms.shape[1]) if (layer, j) not in excluded])
+        if n <= 0 or others.size == 0:
+            out[(layer, neuron)] = []
+            continue
+        distance = np.abs(log_norm[layer, others] - log_norm[layer, neuron])
+        pool = others[np.argsort(distance, kind="stable")[: min(others.size, 4 * n)]]
+        chosen = rng.choice(pool, size=min(n, pool.size), replace=False)
+        out[(layer, neuron)] = [(layer, int(j)) for j in sorted(chosen)]
+    return out
+
+
+def _metric_sums(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    tokens: Int[Tensor, "batch pos"],
+    scale: Tensor | None,
+) -> dict[str, float]:
+    """Sums over predicted positions (all but the last) of each metric, plus their count."""
+    logits = logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    targets = tokens[:, 1:, None]
+    logp = torch.log_softmax(logits, dim=-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    loss = -logp.gather(-1, targets).squeeze(-1)
+    true_logit = logits.gather(-1, targets)
+    rank = (logits > true_logit).sum(-1) + 1  # ties go in the true token's favour
+    sums = {
+        "entropy": float(entropy.sum(dtype=torch.float64)),
+        "loss": float(loss.sum(dtype=torch.float64)),
+        "reciprocal_rank": float((1.0 / rank.to(torch.float64)).sum()),
+        "ln_scale": (
+            float(scale[:, :-1].sum(dtype=torch.float64)) if scale is not None else float("nan")
+        ),
+        "count": float(entropy.numel()),
+    }
+    return sums
+
+
+def _blocks(n_values: int, batch: int) -> list[slice]:
+    """Rows of each value's copy of the batch in a stacked pass."""
+    return [slice(j * batch, (j + 1) * batch) for j in range(n_values)]
+
+
+def _add(into: dict[str, float], sums: dict[str, float]) -> None:
+    for key, value in sums.items():
+        into[key] = into.get(key, 0.0) + value
+
+
+def _means(sums: dict[str, float]) -> dict[str, float]:
+    count = sums.get("count", 0.0)
+    return {m: sums.get(m, float("nan")) / count if count else float("nan") for m in METRICS}
+
+
+@dataclass
+class EntropyInterventionResult:
+    """What :func:`entropy_intervention` measured.
+
+    Attributes:
+        table: One row per neuron × value × effect: ``kind`` (``"candidate"`` or ``"random"``),
+            ``layer, neuron``, ``candidate_layer, candidate_neuron`` (the candidate a random neuron
+            is matched to; itself for a candidate), ``w_out_norm, value``, ``effect``
+            (``"total"`` or ``"direct"``) and the mean ``entropy, loss, reciprocal_rank, ln_scale``.
+        neurons: One row per neuron: ``kind, layer, neuron, candidate_layer, candidate_neuron,
+            w_out_norm`` and ``clean_mean_activation``.
+        clean: The same metrics without any intervention.
+        values: The activation values tried.
+        has_final_ln: Whether the model has a final normalisation with a scale to freeze.
+        note: What the direct effect means for this model (said when direct = total).
+        n_tokens: Predicted positions averaged over.
+    """
+
+    table: pd.DataFrame
+    neurons: pd.DataFrame
+    clean: dict[str, float]
+    values: list[float]
+    has_final_ln: bool
+    note: str
+    n_tokens: int
+    model_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The long table (one row per neuron × value × effect)."""
+        return self.table.copy()
+
+    def summary(self, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+        """Per candidate, value and effect: the change of each metric from the clean run, and the
+        mean and standard deviation of that change over the candidate's matched random neurons.
+
+        Columns: ``layer, neuron, value, effect`` and, per metric ``m``: ``m_change``,
+        ``baseline_m_change`` and ``baseline_m_change_std``.
+        """
+        t = self.table
+        keys = ["candidate_layer", "candidate_neuron", "value", "effect"]
+        cand = t[t["kind"] == "candidate"].set_index(keys)
+        rand = t[t["kind"] == "random"].groupby(keys)
+        out = pd.DataFrame(index=cand.index)
+        for m in metrics:
+            out[f"{m}_change"] = cand[m] - self.clean[m]
+            out[f"baseline_{m}_change"] = rand[m].mean() - self.clean[m]
+            out[f"baseline_{m}_change_std"] = rand[m].std(ddof=0)
+        out = out.reset_index().rename(
+            columns={"candidate_layer": "layer", "candidate_neuron": "neuron"}
+        )
+        return out
+
+    def plot(self, metric: str = "entropy", ax: Any = None) -> Any:
+        """Plot ``metric`` against the fixed value: each candidate's total (solid) and direct
+        (dashed) effect, its random baseline (mean ± std of the total effect, shaded) and the clean
+        level (grey). Returns the matplotlib figure."""
+        import matplotlib.pyplot as plt
+
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(6, 4))
+        else:
+            fig = ax.figure
+        t = self.table
+        for (layer, neuron), group in t[t["kind"] == "candidate"].groupby(["layer", "neuron"]):
+            total = group[group["effect"] == "total"].sort_values("value")
+            direct = group[group["effect"] == "direct"].sort_values("value")
+            (line,) = ax.plot(total["value"], total[metric], "-o", label=f"{layer}.{neuron} total")
+            if self.has_final_ln:
+                ax.plot(
+                    direct["value"],
+                    direct[metric],
+                    "--",
+                    color=line.get_color(),
+                    label=f"{layer}.{neuron} direct",
+                )
+            rand = t[
+                (t["kind"] == "random")
+                & (t["candidate_layer"] == layer)
+                & (t["candidate_neuron"] == neuron)
+                & (t["effect"] == "total")
+            ]
+            if len(rand):
+                stats = rand.groupby("value")[metric].agg(["mean", "std"]).fillna(0.0)
+                ax.fill_between(
+                    stats.index,
+                    stats["mean"] - stats["std"],
+                    stats["mean"] + stats["std"],
+                    color=line.get_color(),
+                    alpha=0.15,
+                    label=f"{layer}.{neuron} random baseline",
+                )
+        if np.isfinite(self.clean[metric]):
+            ax.axhline(self.clean[metric], color="grey", lw=1, label="clean")
+        ax.set_xlabel("fixed activation")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.set_title(f"Entropy intervention{f' ({self.model_name})' if self.model_name else ''}")
+        ax.legend(fontsize="small")
+        return fig
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``table.parquet``, ``neurons.parquet`` and ``meta.json`` into ``directory``."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.table.to_parquet(path / "table.parquet", index=False)
+        self.neurons.to_parquet(path / "neurons.parquet", index=False)
+        meta = {
+            "clean": self.clean,
+            "values": self.values,
+            "has_final_ln": self.has_final_ln,
+            "note": self.note,
+            "n_tokens": self.n_tokens,
+            "model_name": self.model_name,
+            "extra": self.extra,
+        }
+        (path / "meta.json").write_text(json.dumps(meta, indent=2, allow_nan=True))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> EntropyInterventionResult:
+        """Read what :meth:`save` wrote."""
+        path = Path(directory)
+        fix = "run entropy_intervention(...) again and save it, or point to the right folder."
+        with reading_saved(path, "EntropyInterventionResult", fix):
+            meta = json.loads((path / "meta.json").read_text())
+            return cls(
+                table=pd.read_parquet(path / "table.parquet"),
+                neurons=pd.read_parquet(path / "neurons.parquet"),
+                **meta,
+            )
+
+
+def _direct_effect_note(model: HookedModel, has_final_ln: bool) -> str:
+    norm_type = getattr(model.cfg, "normalization_type", None)
+    if not has_final_ln:
+        return (
+            f"{model_name(model)} has no final normalisation (normalization_type={norm_type!r}):"
+            " there is no LayerNorm scale for a neuron to act through, so the direct effect equals"
+            " the total effect and ln_scale is NaN."
+        )
+    return (
+        f"Direct effect: the final normalisation's scale ({LN_SCALE_HOOK},"
+        f" normalization_type={norm_type!r}) frozen to its clean value; for a neuron before the"
+        " last layer it still includes paths through later layers."
+    )
+
+
+def entropy_intervention(
+    model: HookedModel,
+    neurons: NeuronSpec,
+    values: Sequence[float | int] | Float[Tensor, " values"] | np.ndarray,
+    tokens: Any,
+    *,
+    n_random_baseline: int = 5,
+    seed: int = 0,
+    batch_size: int = 4,
+    max_tokens: int | None = None,
+    bos_token_id: int | None = None,
+    progress: bool = False,
+) -> EntropyInterventionResult:
+    """Fix each neuron to each value at every position; measure entropy, loss, rank and LN scale.
+
+    For every neuron and value two runs are made (all values of a neuron share one forward pass of
+    ``batch_size × len(values)`` sequences): the **total** effect (only the neuron fixed, with
+    :class:`~tl_universality.units.hooks.FixNeuron`) and the **direct** effect (also the final
+    LayerNorm
+    scale frozen to the clean run's, with :class:`~tl_universality.units.hooks.FreezeLNScale`). An
+    entropy neuron moves the entropy a lot in total and hardly at all directly. A model without a
+    final normalisation (``normalization_type=None``) has no scale path: the direct rows then repeat
+    the total ones and ``result.note`` says so. Each metric is averaged over every position that
+    predicts a next token (all but the last of each sequence). The baseline repeats everything for
+    ``n_random_baseline`` random neurons per candidate, from its layer, matched on output norm
+    (:func:`matched_random_neurons`).
+
+    Args:
+        model: Any TransformerLens model with MLPs.
+        neurons: The candidates (:data:`NeuronSpec`).
+        values: Activation values to fix the neurons to.
+        tokens: Anything :func:`~tl_universality.data.tokens.as_token_source` takes (a ``[n, seq]``
+            tensor of BOS-first rows, a file, ``None`` for the default corpus, ...).
+        n_random_baseline: Random matched neurons per candidate (0 for none).
+        seed: Seed of the random baseline.
+        batch_size: Sequences per batch (an intervened pass runs ``batch_size * len(values)``).
+        max_tokens: Use at most this many tokens.
+        bos_token_id: BOS id for a token tensor (default: the tokenizer's, else the first token).
+        progress: Show a progress bar over batches.
+
+    Returns:
+        An :class:`EntropyInterventionResult`.
+
+    Examples:
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> model = HookedTransformer(HookedTransformerConfig(
+        ...     n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, act_fn="relu", seed=0))
+        >>> toks = torch.tensor([[0, 3, 5, 7], [0, 2, 4, 6]])
+        >>> result = entropy_intervention(model, (0, 1), [0.0, 5.0], toks, n_random_baseline=1)
+        >>> result.to_dataframe().shape  # 2 neurons x 2 values x (total, direct)
+        (8, 12)
+    """
+    mlp_hook_names(model)
+    candidates = _as_neurons(model, neurons)
+    raw = values.detach().cpu() if isinstance(values, Tensor) else values
+    values_list = [float(v) for v in np.asarray(raw, dtype=np.float64).reshape(-1)]
+    if not values_list:
+        raise ValueError("No values given: pass the activations to fix the neurons to.")
+    norms = model.W_out.detach().to("cpu", torch.float64).norm(dim=-1)  # type: ignore[attr-defined]
+    matched = matched_random_neurons(norms, candidates, n_random_baseline, seed)
+    runs: list[tuple[str, tuple[int, int], tuple[int, int]]] = [
+        ("candidate", c, c) for c in candidates
+    ]
+    runs += [("random", r, c) for c in candidates for r in matched[c]]
+
+    has_final_ln = LN_SCALE_HOOK in model.hook_dict
+    scale_capture = [LN_SCALE_HOOK] if has_final_ln else []
+    layers = sorted({neuron[0] for _, neuron, _ in runs})
+    clean_capture = scale_capture + [f"blocks.{layer}.mlp.hook_post" for layer in layers]
+
+    clean_sums: dict[str, float] = {}
+    act_sums = {neuron: 0.0 for _, neuron, _ in runs}
+    act_count = 0
+    sums: dict[tuple[int, int, str], dict[str, float]] = {}
+    batches = token_batches(
+        model, tokens, batch_size=batch_size, bos_token_id=bos_token_id, max_tokens=max_tokens
+    )
+    for batch in tqdm(batches, disable=not progress, desc="entropy intervention", unit="batch"):
+        logits, cache = run_with_interventions(model, batch, capture=clean_capture)
+        clean_scale = cache.get(LN_SCALE_HOOK)
+        _add(clean_sums, _metric_sums(logits, batch, clean_scale))
+        act_count += batch[:, :-1].numel()
+        for _, (layer, neuron), _ in runs:
+            acts = cache[f"blocks.{layer}.mlp.hook_post"][:, :-1, neuron]
+            act_sums[(layer, neuron)] += float(acts.sum(dtype=torch.float64))
+        # All values in one forward pass: the batch repeated once per value, block j fixed to
+        # values[j] (fewer, larger passes than one per value).
+        n = batch.shape[0]
+        stacked = batch.repeat(len(values_list), 1)
+        per_row = torch.tensor(values_list, dtype=torch.float64, device=batch.device)
+        per_row = per_row.repeat_interleave(n)[:, None]  # [values * batch, 1]
+        frozen = (
+            [FreezeLNScale(clean_scale.repeat(len(values_list), 1, 1))]
+            if clean_scale is not None
+            else []
+        )
+        for i, (_, (layer, neuron), _) in enumerate(runs):
+            fix = FixNeuron(layer, neuron, per_row)
+            logits, cache = run_with_interventions(model, stacked, [fix], capture=scale_capture)
+            total_scale = cache.get(LN_SCALE_HOOK)
+            for j, block in enumerate(_blocks(len(values_list), n)):
+                scale = total_scale[block] if total_scale is not None else None
+                total = _metric_sums(logits[block], batch, scale)
+                _add(sums.setdefault((i, j, "total"), {}), total)
+            if frozen:
+                del logits  # one [values * batch, pos, d_vocab] tensor at a time
+                logits, _ = run_with_interventions(model, stacked, [fix, *frozen])
+                for j, block in enumerate(_blocks(len(values_list), n)):
+                    direct = _metric_sums(logits[block], batch, clean_scale)
+                    _add(sums.setdefault((i, j, "direct"), {}), direct)
+            else:  # no final normalisation: nothing to freeze, direct = total (same running sums)
+                for j in range(len(values_list)):
+                    sums[(i, j, "direct")] = sums[(i, j, "total")]
+
+    rows = []
+    neuron_rows = []
+    for i, (kind, (layer, neuron), (c_layer, c_neuron)) in enumerate(runs):
+        base = {
+            "kind": kind,
+            "layer": layer,
+            "neuron": neuron,
+            "candidate_layer": c_layer,
+            "candidate_neuron": c_neuron,
+            "w_out_norm": float(norms[layer, neuron]),
+        }
+        neuron_rows.append(
+            {**base, "clean_mean_activation": act_sums[(layer, neuron)] / max(act_count, 1)}
+        )
+        for j, value in enumerate(values_list):
+            for effect in ("total", "direct"):
+                rows.append(
+                    {**base, "value": value, "effect": effect, **_means(sums[(i, j, effect)])}
+                )
+    return EntropyInterventionResult(
+        table=pd.DataFrame(rows),
+        neurons=pd.DataFrame(neuron_rows),
+        clean=_means(clean_sums),
+        values=values_list,
+        has_final_ln=has_final_ln,
+        note=_direct_effect_note(model, has_final_ln),
+        n_tokens=int(clean_sums.get("count", 0)),
+        model_name=model_name(model),
+    )
+
+
+__all__ = [
+    "LN_SCALE_HOOK",
+    "METRICS",
+    "EntropyInterventionResult",
+    "default_null_space_dim",
+    "entropy_intervention",
+    "entropy_neuron_scores",
+    "matched_random_neurons",
+    "null_space_basis",
+]

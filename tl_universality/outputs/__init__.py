@@ -1,0 +1,1 @@
+"""Stage 5, outputs: plots, the HTML report and wandb logging, all consuming the result protocol."""

@@ -1,0 +1,709 @@
+"""Streaming sufficient statistics for correlating two unit sets: the engine of METHOD.md §1.1.
+
+:class:`CrossMoments` accumulates, over a token stream, everything needed for the Pearson
+correlation of every unit of a set A (``a`` units, e.g. the reference model's neurons) with every
+unit of a set B (``b`` units, e.g. another seed's neurons), plus the within-layer second moments of
+either side that the chance baselines need (:mod:`tl_universality.stats.baselines`).
+
+Numerics (the shifted-data algorithm). The first batch fixes a per-unit shift ``K`` (A) and ``L``
+(B): its means. Every batch is centred by the shift in float64, and the accumulators hold, in
+float64,
+
+- ``n``, ``Σ(x−K)``, ``Σ(y−L)``, ``Σ(x−K)²``, ``Σ(y−L)²`` (exact float64 sums), and
+- ``Σ(x−K)(y−L)ᵀ`` (``a × b``), to which each batch adds one matrix product.
+
+Because the shift is close to the mean, the final centring ``Σ(x−K)(y−L) − Σ(x−K)Σ(y−L)/n``
+cancels almost nothing, so a unit with mean 1e3 and spread 1e-2 keeps its precision, and no batch
+needs an ``a × b`` correction term. Should a unit's running mean drift more than one standard
+deviation from its shift (a stream sorted by topic), the shift is moved to the mean by exact
+algebra on the accumulators; this is rare and costs one ``a × b`` update when it happens.
+
+The per-batch product may run in a faster ``product_dtype`` than float64 (float32 by default): its
+rounding is relative to the *centred* values, and it is added to the float64 master accumulator at
+once. Measured against float64 ``numpy.corrcoef``: float32 products keep every correlation within
+~1e-6 (typically 2e-7 to 9e-7 at the largest entry); float64 products within ~1e-12. TF32
+(``"tf32"``) and bfloat16 are CUDA-only opt-ins with errors near 1e-3 and 1e-2.
+
+Dead units (constant over every token seen: their running minimum equals their maximum) have no
+correlation: :meth:`CrossMoments.corr` gives NaN for them, never 0 or 1.
+
+Two statistics over disjoint tokens :meth:`~CrossMoments.merge` into exactly the statistics of both
+(Chan et al.'s pairwise update, even when the shifts differ), which is what a distributed run uses;
+:meth:`~CrossMoments.state_dict` / :meth:`~CrossMoments.from_state_dict` save and restore them with
+safetensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from tl_universality.core.errors import EmptyTokenSourceError
+
+Block = tuple[int, int]
+"""A half-open range ``(start, stop)`` of units on one side, e.g. one layer's neurons."""
+
+ProductDtype = torch.dtype | str | None
+"""Precision of the per-batch product: ``None``/``torch.float32``/``"float32"`` (strict IEEE
+float32, the default), ``torch.float64``/``"float64"``, or on CUDA only ``"tf32"`` or
+``torch.bfloat16``/``"bfloat16"`` (products accumulated in float32)."""
+
+# Centring works on row blocks of at most this many elements: a 16 MB float64 buffer on CPU, which
+# stays in the last-level cache, with few enough blocks that per-op threading overhead stays small.
+_CENTRE_BLOCK_CPU = 1 << 21
+_CENTRE_BLOCK_CUDA = 1 << 24
+# The per-batch product is computed in row chunks whose output has at most this many elements, so
+# the float32 temporary stays bounded (256 MB) whatever a x b is.
+_PRODUCT_CHUNK = 1 << 26
+
+
+def resolve_product_dtype(
+    spec: ProductDtype, device: torch.device | str
+) -> tuple[torch.dtype, str]:
+    """``(tensor dtype, float32 matmul precision)`` for a :data:`ProductDtype` on ``device``.
+
+    The precision is ``"highest"`` (true float32) unless TF32 was asked for, so a user's global
+    ``torch.set_float32_matmul_precision("high")`` cannot silently loosen the accuracy bound.
+
+    Examples:
+        >>> resolve_product_dtype(None, "cpu")
+        (torch.float32, 'highest')
+        >>> resolve_product_dtype("float64", "cpu")
+        (torch.float64, 'highest')
+    """
+    device = torch.device(device)
+    name = {None: "float32", torch.float32: "float32", torch.float64: "float64"}.get(spec, spec)  # type: ignore[call-overload]
+    if name == torch.bfloat16:
+        name = "bfloat16"
+    if name in ("float32", "float64"):
+        return (torch.float32 if name == "float32" else torch.float64), "highest"
+    if name in ("tf32", "bfloat16"):
+        if device.type != "cuda":
+            raise ValueError(
+                f"product_dtype={spec!r} is a CUDA-only speed option (its correlations are only"
+                " good to ~1e-3). On this device use torch.float32 (default) or torch.float64."
+            )
+        return (torch.float32, "high") if name == "tf32" else (torch.bfloat16, "highest")
+    raise ValueError(
+        f"Unknown product_dtype {spec!r}: use torch.float32 (default), torch.float64, or on CUDA"
+        " 'tf32' or torch.bfloat16."
+    )
+
+
+@contextlib.contextmanager
+def _matmul_precision(precision: str) -> Iterator[None]:
+    old = torch.get_float32_matmul_precision()
+    if old == precision:
+        yield
+        return
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+def _as_parts(x: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    return [x] if isinstance(x, Tensor) else list(x)
+
+
+class _Side:
+    """Per-unit accumulators of one side (A or B), all float64 on the statistics' device."""
+
+    def __init__(self, n_units: int, blocks: Sequence[Block], device: torch.device) -> None:
+        z = torch.zeros(n_units, dtype=torch.float64, device=device)
+        self.shift = z.clone()
+        self.sum = z.clone()
+        self.sumsq = z.clone()
+        self.min = torch.full_like(z, torch.inf)
+        self.max = torch.full_like(z, -torch.inf)
+        self.blocks: tuple[Block, ...] = tuple((int(s), int(e)) for s, e in blocks)
+        for s, e in self.blocks:
+            if not 0 <= s < e <= n_units:
+                raise ValueError(f"Block {(s, e)} is not a non-empty range of {n_units} units.")
+        # Σ(y−L)(y−L)ᵀ within each block (e.g. each layer): what a per-layer mix of units needs.
+        # Adjacent blocks of one width share a stacked [count, d, d] tensor, so one batched
+        # product updates them all (a loop of small products runs at a fraction of the GEMM rate);
+        # ``gram[i]`` is a view into it.
+        self.groups: list[tuple[int, int, int, Tensor]] = []  # (start, count, width, stacked)
+        self.gram: list[Tensor] = []
+        for s, e in self.blocks:
+            g = self.groups[-1] if self.groups else None
+            if g is not None and e - s == g[2] and s == g[0] + g[1] * g[2]:
+                self.groups[-1] = (g[0], g[1] + 1, g[2], g[3])
+            else:
+                self.groups.append((s, 1, e - s, torch.empty(0)))
+        for i, (start, count, width, _) in enumerate(self.groups):
+            stacked = torch.zeros(count, width, width, dtype=torch.float64, device=device)
+            self.groups[i] = (start, count, width, stacked)
+            self.gram.extend(stacked.unbind(0))
+
+    @property
+    def n_units(self) -> int:
+        return self.shift.shape[0]
+
+    def tensors(self, prefix: str) -> dict[str, Tensor]:
+        out = {
+            f"{prefix}shift": self.shift,
+            f"{prefix}sum": self.sum,
+            f"{prefix}sumsq": self.sumsq,
+            f"{prefix}min": self.min,
+            f"{prefix}max": self.max,
+            f"{prefix}blocks": torch.tensor(self.blocks, dtype=torch.int64).reshape(-1, 2),
+        }
+        # clones: the blocks are views of one stacked tensor, and safetensors wants no sharing
+        out.update({f"{prefix}gram.{i}": g.clone() for i, g in enumerate(self.gram)})
+        return out
+
+    @classmethod
+    def from_tensors(cls, state: dict[str, Tensor], prefix: str, device: torch.device) -> _Side:
+        blocks = [tuple(int(v) for v in row) for row in state[f"{prefix}blocks"].tolist()]
+        side = cls(state[f"{prefix}shift"].shape[0], blocks, device)  # type: ignore[arg-type]
+        for name in ("shift", "sum", "sumsq", "min", "max"):
+            setattr(side, name, state[f"{prefix}{name}"].to(device, torch.float64).clone())
+        for i, gram in enumerate(side.gram):
+            gram.copy_(state[f"{prefix}gram.{i}"])
+        return side
+
+    def centre(self, parts: list[Tensor], first: bool, out: Tensor, device: torch.device) -> None:
+        """Write ``x − shift`` into ``out`` (product dtype) and add to the float64 sums.
+
+        Centring is exact float64 arithmetic, done in row blocks of bounded size: full-size float64
+        temporaries cost more than the arithmetic on a CPU.
+        """
+        width = sum(p.shape[-1] for p in parts)
+        if width != self.n_units:
+            raise ValueError(
+                f"Got {width} units, expected {self.n_units}: the statistics were made for a"
+                " different unit set."
+            )
+        col = 0
+        block = _CENTRE_BLOCK_CUDA if device.type == "cuda" else _CENTRE_BLOCK_CPU
+        for part in parts:
+            if part.ndim != 2 or part.shape[0] != out.shape[0]:
+                raise ValueError(
+                    f"Activation block of shape {tuple(part.shape)} does not match {out.shape[0]}"
+                    " tokens; pass [tokens, units] tensors with the same tokens on both sides."
+                )
+            part = part.to(device)
+            n, w = part.shape
+            sl = slice(col, col + w)
+            col += w
+            if n == 0 or w == 0:
+                continue
+            shift = self.shift[sl]
+            torch.minimum(self.min[sl], part.amin(0).double(), out=self.min[sl])
+            torch.maximum(self.max[sl], part.amax(0).double(), out=self.max[sl])
+            rows = max(1, block // w)
+            buf = torch.empty(min(rows, n), w, dtype=torch.float64, device=device)
+            if first:  # the first batch's float64 mean (exactly c for a constant unit)
+                total = torch.zeros_like(shift)
+                for r0 in range(0, n, rows):
+                    total += buf[: min(n, r0 + rows) - r0].copy_(part[r0 : r0 + rows]).sum(0)
+                shift.copy_(total / n)
+            total, squares = torch.zeros_like(shift), torch.zeros_like(shift)
+            for r0 in range(0, n, rows):
+                r1 = min(n, r0 + rows)
+                centred = buf[: r1 - r0]
+                centred.copy_(part[r0:r1]).sub_(shift)  # float64: exact for float32 data
+                total += centred.sum(0)
+                out[r0:r1, sl] = centred
+                squares += centred.square_().sum(0)
+            self.sum[sl] += total
+            self.sumsq[sl] += squares
+
+    def add_grams(self, centred: Tensor, product: torch.dtype) -> None:
+        for start, count, width, stacked in self.groups:
+            # [tokens, count * width] -> [count, tokens, width], a view
+            v = (
+                centred[:, start : start + count * width]
+                .unflatten(1, (count, width))
+                .transpose(0, 1)
+            )
+            if product == torch.float64:
+                stacked.baddbmm_(v.transpose(1, 2), v)
+            elif product == torch.bfloat16:  # float32 accumulation (CUDA); no batched form needed
+                for k in range(count):
+                    stacked[k].add_(_mm(v[k].T, v[k], product))
+            else:
+                stacked.add_(torch.bmm(v.transpose(1, 2), v))
+
+
+def _mm(a: Tensor, b: Tensor, product: torch.dtype) -> Tensor:
+    if product == torch.bfloat16:  # bf16 inputs, float32 accumulation and output (CUDA)
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a, b)
+
+
+class CrossMoments:
+    """Streaming co-moments of units A (``n_a``) and B (``n_b``) over tokens, in float64.
+
+    Args:
+        n_a: Units on side A (rows of the correlation matrix).
+        n_b: Units on side B (columns).
+        a_blocks: Ranges ``(start, stop)`` of A whose within-range second moments to track
+            (e.g. each layer of a model used as the "other" side by an all-pairs run).
+        b_blocks: Ranges of B whose within-range second moments to track: per-layer
+            ``[d_l × d_l]`` matrices, what the rotation and Gaussian-mix baselines need.
+        product_dtype: Precision of the per-batch product (see :data:`ProductDtype`).
+        device: Where the accumulators live (default CPU); batches are moved there.
+
+    Examples:
+        >>> import numpy as np
+        >>> f64 = torch.float64
+        >>> x, y = torch.randn(500, 3, dtype=f64), torch.randn(500, 2, dtype=f64)
+        >>> stats = CrossMoments(3, 2)
+        >>> for xs, ys in zip(x.split(128), y.split(128)):
+        ...     _ = stats.update(xs, ys)
+        >>> oracle = np.corrcoef(x.numpy().T, y.numpy().T)[:3, 3:]
+        >>> bool(np.abs(stats.corr().numpy() - oracle).max() < 1e-6)
+        True
+    """
+
+    def __init__(
+        self,
+        n_a: int,
+        n_b: int,
+        *,
+        a_blocks: Sequence[Block] = (),
+        b_blocks: Sequence[Block] = (),
+        product_dtype: ProductDtype = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.device = torch.device(device if device is not None else "cpu")
+        self.product_dtype, self._precision = resolve_product_dtype(product_dtype, self.device)
+        self.n = 0
+        self._a = _Side(int(n_a), a_blocks, self.device)
+        self._b = _Side(int(n_b), b_blocks, self.device)
+        self.sum_xy = torch.zeros(int(n_a), int(n_b), dtype=torch.float64, device=self.device)
+        self._buffer: Tensor | None = None  # the float32 product, reused across batches
+        self._centred: tuple[Tensor, Tensor] | None = None
+
+    # -- shape -------------------------------------------------------------------------------
+
+    @property
+    def n_a(self) -> int:
+        return self._a.n_units
+
+    @property
+    def n_b(self) -> int:
+        return self._b.n_units
+
+    @property
+    def a_blocks(self) -> tuple[Block, ...]:
+        return self._a.blocks
+
+    @property
+    def b_blocks(self) -> tuple[Block, ...]:
+        return self._b.blocks
+
+    def __repr__(self) -> str:
+        return (
+            f"CrossMoments(n_a={self.n_a}, n_b={self.n_b}, n={self.n},"
+            f" a_blocks={len(self.a_blocks)}, b_blocks={len(self.b_blocks)},"
+            f" product_dtype={self.product_dtype})"
+        )
+
+    @staticmethod
+    def state_bytes(
+        n_a: int, n_b: int, a_blocks: Sequence[int] = (), b_blocks: Sequence[int] = ()
+    ) -> int:
+        """Bytes of the float64 state for these sizes (block arguments are the block widths).
+
+        Examples:
+            >>> CrossMoments.state_bytes(1000, 1000)  # the a x b matrix dominates
+            8080000
+        """
+        grams = sum(w * w for w in a_blocks) + sum(w * w for w in b_blocks)
+        return 8 * (n_a * n_b + 5 * (n_a + n_b) + grams)
+
+    # -- accumulation --------------------------------------------------------------------------
+
+    def update(
+        self,
+        x: Float[Tensor, "tok a"] | Sequence[Float[Tensor, "tok _"]],
+        y: Float[Tensor, "tok b"] | Sequence[Float[Tensor, "tok _"]],
+    ) -> CrossMoments:
+        """Add one batch of tokens (in place); returns ``self``.
+
+        ``x`` and ``y`` are ``[tokens, units]`` activations of A and B on the same tokens, or
+        lists of column blocks that concatenate to them (saves a copy when B gathers several
+        models' units). Any float dtype and device; the inputs are never modified.
+        """
+        xs, ys = _as_parts(x), _as_parts(y)
+        rows = xs[0].shape[0] if xs else ys[0].shape[0]
+        if rows == 0:
+            return self
+        first = self.n == 0
+        xc, yc = self._scratch(rows)
+        self._a.centre(xs, first, xc, self.device)
+        self._b.centre(ys, first, yc, self.device)
+        with _matmul_precision(self._precision):
+            self._add_product(xc, yc)
+            self._a.add_grams(xc, self.product_dtype)
+            self._b.add_grams(yc, self.product_dtype)
+        self.n += rows
+        self._recentre()
+        return self
+
+    def _scratch(self, rows: int) -> tuple[Tensor, Tensor]:
+        """Buffers for the centred batch, kept between batches (fresh ones cost page faults)."""
+        if self._centred is None or self._centred[0].shape[0] < rows:
+            kw = dict(dtype=self.product_dtype, device=self.device)
+            self._centred = (
+                torch.empty(rows, self.n_a, **kw),  # type: ignore[arg-type]
+                torch.empty(rows, self.n_b, **kw),  # type: ignore[arg-type]
+            )
+        return self._centred[0][:rows], self._centred[1][:rows]
+
+    def _recentre(self) -> None:
+        """Move the shift of units whose mean drifted more than one standard deviation from it.
+
+        The float32 product's rounding grows with ``(mean − shift)² / variance``; data whose mean
+        drifts (e.g. a stream sorted by topic) would otherwise lose accuracy. The move is exact
+        algebra on the float64 accumulators, and rare: an ``a × b`` update only when it happens.
+        """
+        n = float(self.n)
+        targets = []
+        for side in (self._a, self._b):
+            offset = side.sum / n
+            var = (side.sumsq / n - offset**2).clamp_min(0)
+            drifted = offset**2 > var
+            targets.append(
+                torch.where(drifted, side.shift + offset, side.shift)
+                if bool(drifted.any())
+                else None
+            )
+        self._shift_to(*targets)
+
+    def _shift_to(self, new_x: Tensor | None, new_y: Tensor | None) -> None:
+        """Re-express the accumulators about new shifts (None: keep that side's shift)."""
+        n = float(self.n)
+        deltas = []
+        for side, new in ((self._a, new_x), (self._b, new_y)):
+            delta = None if new is None else new - side.shift
+            deltas.append(delta if delta is not None and bool((delta != 0).any()) else None)
+        dx, dy = deltas
+        if dx is None and dy is None:
+            return
+        sx, sy = self._a.sum.clone(), self._b.sum.clone()
+        # Σ(x−K−δx)(y−L−δy)ᵀ = Σ(x−K)(y−L)ᵀ − δx Σ(y−L)ᵀ − Σ(x−K) δyᵀ + n δx δyᵀ
+        if dx is not None:
+            self.sum_xy -= torch.outer(dx, sy)
+        if dy is not None:
+            self.sum_xy -= torch.outer(sx - (n * dx if dx is not None else 0.0), dy)
+        for side, delta in ((self._a, dx), (self._b, dy)):
+            if delta is None:
+                continue
+            old_sum = side.sum.clone()
+            for (s, e), gram in zip(side.blocks, side.gram, strict=True):
+                d, o = delta[s:e], old_sum[s:e]
+                gram -= torch.outer(d, o) + torch.outer(o, d) - n * torch.outer(d, d)
+            side.sumsq -= 2 * delta * old_sum - n * delta**2
+            side.sum -= n * delta
+            side.shift += delta
+
+    def _add_product(self, xc: Tensor, yc: Tensor) -> None:
+        if self.n_a == 0 or self.n_b == 0:
+            return
+        if self.product_dtype == torch.float64:
+            self.sum_xy.addmm_(xc.T, yc)
+            return
+        step = max(1, _PRODUCT_CHUNK // self.n_b)
+        for r0 in range(0, self.n_a, step):
+            r1 = min(self.n_a, r0 + step)
+            if self.product_dtype == torch.bfloat16:
+                self.sum_xy[r0:r1].add_(_mm(xc[:, r0:r1].T, yc, self.product_dtype))
+                continue
+            if self._buffer is None:  # allocated once: a fresh one per batch costs page faults
+                rows = min(step, self.n_a)
+                self._buffer = torch.empty(rows, self.n_b, dtype=xc.dtype, device=xc.device)
+            out = self._buffer[: r1 - r0]
+            torch.mm(xc[:, r0:r1].T, yc, out=out)
+            self.sum_xy[r0:r1].add_(out)
+
+    def merge(self, other: CrossMoments) -> CrossMoments:
+        """Statistics of the union of two disjoint token sets, as a new object.
+
+        Both operands are first centred on their own means; the pairwise update of Chan, Golub &
+        LeVeque then combines them exactly, whatever their shifts. The result is stored with its
+        shift at the combined mean. Blocks tracked by both operands must be the same.
+
+        Examples:
+            >>> f64 = torch.float64
+            >>> _ = torch.manual_seed(0)
+            >>> x, y = torch.randn(300, 4, dtype=f64), torch.randn(300, 2, dtype=f64)
+            >>> half = CrossMoments(4, 2).update(x[:100], y[:100])
+            >>> rest = CrossMoments(4, 2).update(x[100:] + 5, y[100:]).update(-x[100:], y[100:])
+            >>> whole = CrossMoments(4, 2).update(x[:100], y[:100]).update(x[100:] + 5, y[100:])
+            >>> _ = whole.update(-x[100:], y[100:])
+            >>> torch.allclose(half.merge(rest).corr(), whole.corr(), atol=1e-6)  # float32 products
+            True
+        """
+        if (self.n_a, self.n_b, self.a_blocks, self.b_blocks) != (
+            other.n_a,
+            other.n_b,
+            other.a_blocks,
+            other.b_blocks,
+        ):
+            raise ValueError(
+                f"Cannot merge {self!r} with {other!r}: the unit sets or tracked blocks differ."
+            )
+        if other.n == 0:
+            return self._copy()
+        if self.n == 0:
+            return other._copy().to(self.device)
+        o = other.to(self.device)
+        n1, n2 = float(self.n), float(o.n)
+        n = n1 + n2
+        out = CrossMoments(
+            self.n_a,
+            self.n_b,
+            a_blocks=self.a_blocks,
+            b_blocks=self.b_blocks,
+            product_dtype=self.product_dtype,
+            device=self.device,
+        )
+        out.n = self.n + o.n
+        deltas = []
+        for new, s1, s2 in ((out._a, self._a, o._a), (out._b, self._b, o._b)):
+            mean1, mean2 = s1.shift + s1.sum / n1, s2.shift + s2.sum / n2
+            delta = mean2 - mean1
+            deltas.append(delta)
+            new.shift = mean1 + delta * (n2 / n)
+            # Σ(x − mean)² and within-block co-moments, then combined (Chan et al.).
+            new.sumsq = (
+                (s1.sumsq - s1.sum**2 / n1) + (s2.sumsq - s2.sum**2 / n2) + delta**2 * (n1 * n2 / n)
+            )
+            new.sum = torch.zeros_like(new.shift)  # the shift is now the mean
+            new.min = torch.minimum(s1.min, s2.min)
+            new.max = torch.maximum(s1.max, s2.max)
+            for i, (s, e) in enumerate(new.blocks):
+                d = delta[s:e]
+                new.gram[i].copy_(
+                    _centred(s1.gram[i], s1.sum[s:e], s1.sum[s:e], n1)
+                    + _centred(s2.gram[i], s2.sum[s:e], s2.sum[s:e], n2)
+                    + torch.outer(d, d) * (n1 * n2 / n)
+                )
+        out.sum_xy = (
+            _centred(self.sum_xy, self._a.sum, self._b.sum, n1)
+            + _centred(o.sum_xy, o._a.sum, o._b.sum, n2)
+            + torch.outer(deltas[0], deltas[1]) * (n1 * n2 / n)
+        )
+        return out
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _require_data(self) -> None:
+        if self.n == 0:
+            raise EmptyTokenSourceError(
+                "No token was accumulated, so correlations are undefined. Check that the token"
+                " source is not empty and that not every position was excluded."
+            )
+
+    @property
+    def mean_x(self) -> Float[Tensor, " a"]:
+        self._require_data()
+        return self._a.shift + self._a.sum / self.n
+
+    @property
+    def mean_y(self) -> Float[Tensor, " b"]:
+        self._require_data()
+        return self._b.shift + self._b.sum / self.n
+
+    @property
+    def dead_x(self) -> Bool[Tensor, " a"]:
+        """A units that took one value on every token (zero variance)."""
+        self._require_data()
+        return self._a.min == self._a.max
+
+    @property
+    def dead_y(self) -> Bool[Tensor, " b"]:
+        """B units that took one value on every token (zero variance)."""
+        self._require_data()
+        return self._b.min == self._b.max
+
+    @property
+    def m2_x(self) -> Float[Tensor, " a"]:
+        """``Σ(x − x̄)²`` per A unit (exactly 0 for dead units)."""
+        self._require_data()
+        m2 = (self._a.sumsq - self._a.sum**2 / self.n).clamp_min(0)
+        return m2.masked_fill(self.dead_x, 0.0)
+
+    @property
+    def m2_y(self) -> Float[Tensor, " b"]:
+        """``Σ(y − ȳ)²`` per B unit (exactly 0 for dead units)."""
+        self._require_data()
+        m2 = (self._b.sumsq - self._b.sum**2 / self.n).clamp_min(0)
+        return m2.masked_fill(self.dead_y, 0.0)
+
+    @property
+    def var_x(self) -> Float[Tensor, " a"]:
+        """Population variance of each A unit."""
+        return self.m2_x / self.n
+
+    @property
+    def var_y(self) -> Float[Tensor, " b"]:
+        """Population variance of each B unit."""
+        return self.m2_y / self.n
+
+    def comoment(
+        self, rows: slice | None = None, cols: slice | None = None
+    ) -> Float[Tensor, "rows cols"]:
+        """``Σ(x − x̄)(y − ȳ)ᵀ`` for A units ``rows`` and B units ``cols`` (float64).
+
+        Rows and columns of dead units are exactly 0, so linear mixes of units ignore them.
+        """
+        self._require_data()
+        rows = rows if rows is not None else slice(None)
+        cols = cols if cols is not None else slice(None)
+        out = _centred(self.sum_xy[rows, cols], self._a.sum[rows], self._b.sum[cols], float(self.n))
+        dead_x, dead_y = self.dead_x[rows], self.dead_y[cols]
+        if bool(dead_x.any()):
+            out.masked_fill_(dead_x[:, None], 0.0)
+        if bool(dead_y.any()):
+            out.masked_fill_(dead_y[None, :], 0.0)
+        return out
+
+    def cov(
+        self, rows: slice | None = None, cols: slice | None = None
+    ) -> Float[Tensor, "rows cols"]:
+        """Population covariance of A units ``rows`` with B units ``cols``."""
+        return self.comoment(rows, cols) / self.n
+
+    def corr(
+        self, rows: slice | None = None, cols: slice | None = None
+    ) -> Float[Tensor, "rows cols"]:
+        """Pearson correlation of A units ``rows`` with B units ``cols`` (float64).
+
+        NaN wherever either unit is dead; values are clipped to [-1, 1] (as numpy's corrcoef),
+        since float32 products can overshoot 1 by ~1e-7 for identical units.
+        """
+        self._require_data()
+        rows = rows if rows is not None else slice(None)
+        cols = cols if cols is not None else slice(None)
+        # 1/sqrt(Σ(x−x̄)²), NaN for dead units: multiplying spreads the NaN over their row/column
+        # without a full-size mask (this runs on a × b entries).
+        inv_x, inv_y = _inv_sqrt(self.m2_x[rows]), _inv_sqrt(self.m2_y[cols])
+        r = _centred(self.sum_xy[rows, cols], self._a.sum[rows], self._b.sum[cols], float(self.n))
+        return r.mul_(inv_x[:, None]).mul_(inv_y[None, :]).clamp_(-1.0, 1.0)
+
+    def within_a(self, block: int) -> Float[Tensor, "d d"]:
+        """``Σ(x − x̄)(x − x̄)ᵀ`` within tracked A block number ``block`` (dead units zeroed)."""
+        return self._within(self._a, self.dead_x, block)
+
+    def within_b(self, block: int) -> Float[Tensor, "d d"]:
+        """``Σ(y − ȳ)(y − ȳ)ᵀ`` within tracked B block number ``block`` (dead units zeroed).
+
+        Examples:
+            >>> y = torch.randn(200, 4, dtype=torch.float64)
+            >>> stats = CrossMoments(1, 4, b_blocks=[(0, 2), (2, 4)])
+            >>> _ = stats.update(torch.randn(200, 1), y)
+            >>> yc = y[:, 2:] - y[:, 2:].mean(0)
+            >>> torch.allclose(stats.within_b(1), yc.T @ yc)
+            True
+        """
+        return self._within(self._b, self.dead_y, block)
+
+    def _within(self, side: _Side, dead: Tensor, block: int) -> Tensor:
+        self._require_data()
+        s, e = side.blocks[block]
+        out = _centred(side.gram[block], side.sum[s:e], side.sum[s:e], float(self.n))
+        d = dead[s:e]
+        out.masked_fill_(d[:, None] | d[None, :], 0.0)
+        return out
+
+    # -- conversions ---------------------------------------------------------------------------
+
+    @property
+    def T(self) -> CrossMoments:  # noqa: N802 - mirrors Tensor.T
+        """The same statistics with A and B swapped (shares memory; for reading results)."""
+        out = CrossMoments.__new__(CrossMoments)
+        out.device, out.product_dtype, out._precision = (
+            self.device,
+            self.product_dtype,
+            self._precision,
+        )
+        out.n, out._a, out._b, out.sum_xy = self.n, self._b, self._a, self.sum_xy.T
+        out._buffer, out._centred = None, None
+        return out
+
+    def to(self, device: torch.device | str) -> CrossMoments:
+        """A copy on ``device`` (or ``self`` when already there)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        return CrossMoments.from_state_dict(
+            self.state_dict(), product_dtype=self._product_spec(), device=device
+        )
+
+    def _product_spec(self) -> ProductDtype:
+        return "tf32" if self._precision == "high" else self.product_dtype
+
+    def _copy(self) -> CrossMoments:
+        return CrossMoments.from_state_dict(
+            {k: v.clone() for k, v in self.state_dict().items()},
+            product_dtype=self._product_spec(),
+            device=self.device,
+        )
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Contiguous tensors for ``safetensors.torch.save_file`` (see :meth:`from_state_dict`).
+
+        Examples:
+            >>> stats = CrossMoments(2, 3, b_blocks=[(0, 3)])
+            >>> _ = stats.update(torch.randn(9, 2), torch.randn(9, 3))
+            >>> again = CrossMoments.from_state_dict(stats.state_dict())
+            >>> torch.equal(again.corr(), stats.corr()) and again.n == 9
+            True
+        """
+        out = {"n": torch.tensor([self.n], dtype=torch.int64), "sum_xy": self.sum_xy}
+        out.update(self._a.tensors("a."))
+        out.update(self._b.tensors("b."))
+        return {k: v.contiguous() for k, v in out.items()}
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state: dict[str, Tensor],
+        *,
+        product_dtype: ProductDtype = None,
+        device: torch.device | str | None = None,
+    ) -> CrossMoments:
+        """Rebuild statistics saved by :meth:`state_dict` (on ``device``, default CPU)."""
+        missing = [
+            k
+            for k in ("n", "sum_xy", "a.shift", "b.shift", "a.blocks", "b.blocks")
+            if k not in state
+        ]
+        if missing:
+            raise KeyError(f"Not a CrossMoments state: missing {missing}.")
+        out = cls.__new__(cls)
+        out.device = torch.device(device if device is not None else "cpu")
+        out.product_dtype, out._precision = resolve_product_dtype(product_dtype, out.device)
+        out.n = int(state["n"][0])
+        out._a = _Side.from_tensors(state, "a.", out.device)
+        out._b = _Side.from_tensors(state, "b.", out.device)
+        out._buffer, out._centred = None, None
+        out.sum_xy = state["sum_xy"].to(out.device, torch.float64).clone()
+        if tuple(out.sum_xy.shape) != (out.n_a, out.n_b):
+            raise ValueError(
+                f"Inconsistent CrossMoments state: sum_xy is {tuple(out.sum_xy.shape)} but the"
+                f" sides have {out.n_a} and {out.n_b} units."
+            )
+        return out
+
+
+def _centred(
+    raw: Float[Tensor, "r c"], sum_r: Float[Tensor, " r"], sum_c: Float[Tensor, " c"], n: float
+) -> Float[Tensor, "r c"]:
+    """``Σ(x−K)(y−L)ᵀ − Σ(x−K)Σ(y−L)ᵀ/n``: the co-moment about the means, from shifted sums."""
+    return torch.addr(raw, sum_r, sum_c, alpha=-1.0 / n)
+
+
+def _inv_sqrt(m2: Float[Tensor, " u"]) -> Float[Tensor, " u"]:
+    return torch.where(m2 > 0, m2.rsqrt(), torch.nan)
