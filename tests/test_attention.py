@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import build_model
 
+from tests.helpers import build_model
 from tl_universality.analyses.attention import (
     AttentionDeactivationScores,
     PathAblationResult,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import build_model
 
+from tests.helpers import build_model
 from tl_universality.analyses.composition import HeadComposition, head_composition
 
 

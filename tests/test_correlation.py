@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import build_model
 
 import tl_universality  # noqa: F401  (registers model.universality)
+from tests.helpers import build_model
 from tl_universality.analyses.correlation import (
     CheckpointMismatchError,
     CorrelationResult,

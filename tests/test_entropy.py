@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import build_model
 
+from tests.helpers import build_model
 from tl_universality.analyses.entropy import (
     EntropyInterventionResult,
     default_null_space_dim,

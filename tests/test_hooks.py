@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import build_model
 
+from tests.helpers import build_model
 from tl_universality.analyses.attention import attention_deactivation_scores, path_ablation
 from tl_universality.analyses.entropy import entropy_intervention, entropy_neuron_scores
 from tl_universality.core.errors import HookError

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import scipy.stats
 import torch
-from helpers import build_model
 
 import tl_universality  # noqa: F401  (registers model.universality)
+from tests.helpers import build_model
 from tl_universality.analyses.neuron_stats import (
     activation_moments,
     compare_universal,

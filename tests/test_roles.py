@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import scipy.stats
 import torch
-from helpers import build_model, byte_level_tokenizer, saved
 from transformers import PreTrainedTokenizerFast
 
+from tests.helpers import build_model, byte_level_tokenizer, saved
 from tl_universality.analyses.roles import (
     ROLES,
     TokenSetScores,

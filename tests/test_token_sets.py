@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import byte_level_tokenizer, saved
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from tests.helpers import byte_level_tokenizer, saved
 from tl_universality.data.token_sets import (
     BUILTIN_TOKEN_SETS,
     get_token_set,
@@ -130,7 +130,7 @@ def test_all_masks_exclude_special_tokens_and_padding(tok):
 
 
 def test_model_is_accepted_in_place_of_its_tokenizer(tok, tmp_path):
-    from helpers import build_model
+    from tests.helpers import build_model
 
     model = build_model(tokenizer=saved(tok, tmp_path), d_vocab=48)
     masks = token_set_masks(model, ["months"])

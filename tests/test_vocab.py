@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from helpers import build_model
 
+from tests.helpers import build_model
 from tl_universality.analyses.vocab import (
     top_tokens,
     vocab_composition,
