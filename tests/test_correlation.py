@@ -13,13 +13,16 @@ import torch
 import tl_universality  # noqa: F401  (registers model.universality)
 from tests.helpers import build_model
 from tl_universality.analyses.correlation import (
-    CheckpointMismatchError,
     CorrelationResult,
     correlate,
     parse_bytes,
     plan_correlation,
 )
-from tl_universality.core.errors import CorruptCacheError, TokenizerMismatchError
+from tl_universality.core.errors import (
+    CheckpointMismatchError,
+    CorruptCacheError,
+    TokenizerMismatchError,
+)
 from tl_universality.stats.baselines import mixing_matrix
 from tl_universality.units.activations import collect_activations
 

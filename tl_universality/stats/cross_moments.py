@@ -54,11 +54,11 @@ float32, the default), ``torch.float64``/``"float64"``, or on CUDA only ``"tf32"
 
 # Centring works on row blocks of at most this many elements: a 16 MB float64 buffer on CPU, which
 # stays in the last-level cache, with few enough blocks that per-op threading overhead stays small.
-_CENTRE_BLOCK_CPU = 1 << 21
+CENTRE_BLOCK_CPU = 1 << 21
 _CENTRE_BLOCK_CUDA = 1 << 24
 # The per-batch product is computed in row chunks whose output has at most this many elements, so
 # the float32 temporary stays bounded (256 MB) whatever a x b is.
-_PRODUCT_CHUNK = 1 << 26
+PRODUCT_CHUNK = 1 << 26
 
 
 def resolve_product_dtype(
@@ -182,7 +182,7 @@ class _Side:
                 " different unit set."
             )
         col = 0
-        block = _CENTRE_BLOCK_CUDA if device.type == "cuda" else _CENTRE_BLOCK_CPU
+        block = _CENTRE_BLOCK_CUDA if device.type == "cuda" else CENTRE_BLOCK_CPU
         for part in parts:
             if part.ndim != 2 or part.shape[0] != out.shape[0]:
                 raise ValueError(
@@ -413,7 +413,7 @@ class CrossMoments:
         if self.product_dtype == torch.float64:
             self.sum_xy.addmm_(xc.T, yc)
             return
-        step = max(1, _PRODUCT_CHUNK // self.n_b)
+        step = max(1, PRODUCT_CHUNK // self.n_b)
         for r0 in range(0, self.n_a, step):
             r1 = min(self.n_a, r0 + step)
             if self.product_dtype == torch.bfloat16:
