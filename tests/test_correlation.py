@@ -228,7 +228,7 @@ def test_resumed_equals_uninterrupted(family, toks, tmp_path):
 def test_save_load_round_trip_and_corrupt_files(two, tmp_path):
     path = two.save(tmp_path / "result")
     assert sorted(p.name for p in path.iterdir()) == [
-        "arrays.safetensors", "neurons.parquet", "result.json",
+        "arrays.safetensors", "manifest.json", "neurons.parquet",
     ]  # fmt: skip
     back = CorrelationResult.load(path)
     for name in (*CorrelationResult._ARRAYS, "dead"):
@@ -240,8 +240,8 @@ def test_save_load_round_trip_and_corrupt_files(two, tmp_path):
     (path / "arrays.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(CorruptCacheError, match="arrays.safetensors"):
         CorrelationResult.load(path)
-    (path / "result.json").unlink()
-    with pytest.raises(CorruptCacheError, match="result.json is missing"):
+    (path / "manifest.json").unlink()
+    with pytest.raises(CorruptCacheError, match="manifest.json is missing"):
         CorrelationResult.load(path)
 
 

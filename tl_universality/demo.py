@@ -140,14 +140,19 @@ def run_demo(
     corr.save(out / files.CORRELATION_DIR)
     summary.seconds["correlate"] = clock() - t
     share = corr.universal_share()
-    table_c = corr.to_dataframe()
+    headline = corr.summary()
     summary.values.update(
-        universal_share=float(table_c["is_universal"].mean()),
-        n_universal=int(table_c["is_universal"].sum()),
-        median_max_corr=float(table_c["mean_corr"].median()),
-        median_baseline=float(table_c["mean_baseline"].median()),
-        excess_p99=float(table_c["excess_corr"].quantile(0.99)),
-        excess_max=float(table_c["excess_corr"].max()),
+        {
+            key: headline[key]
+            for key in (
+                "universal_share",
+                "n_universal",
+                "median_max_corr",
+                "median_baseline",
+                "excess_p99",
+                "excess_max",
+            )
+        }
     )
     _say(
         progress,

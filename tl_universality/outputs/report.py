@@ -163,12 +163,13 @@ def _universality(d: Path) -> Section | None:
     result = CorrelationResult.load(d / CORRELATION_DIR)
     table = result.to_dataframe()
     share = result.universal_share()
+    s = result.summary()
     text = (
-        f"{int(table['is_universal'].sum())} of {len(table)} neurons"
-        f" ({table['is_universal'].mean():.2%}) have excess correlation > 0.5 (mean over"
+        f"{s['n_universal']} of {s['n_units']} neurons"
+        f" ({s['universal_share']:.2%}) have excess correlation > 0.5 (mean over"
         f" {result.n_models} other model(s) of the max correlation, minus the same for a"
-        f" baseline). Median max-correlation {table['mean_corr'].median():.3f}, median baseline"
-        f" {table['mean_baseline'].median():.3f}."
+        f" baseline). Median max-correlation {s['median_max_corr']:.3f}, median baseline"
+        f" {s['median_baseline']:.3f}."
     )
     top = result.universal_neurons().head(20)
     if top.empty:

@@ -34,51 +34,51 @@ class WandbPayload:
 
 
 def correlation_payload(result: Any, threshold: float = 0.5) -> WandbPayload:
-    """What a :class:`~tl_universality.analyses.correlation.CorrelationResult` logs: the universal
-    share
-    overall and per layer, median max-correlation and baseline, the universal-neuron table, the
-    per-layer table, histograms of max correlation, baseline and excess, and the paper's figure."""
-    table = result.to_dataframe(threshold)
-    share = result.universal_share(threshold)
-    scalars = {
-        "universal_share": float(table["is_universal"].mean()),
-        "n_universal": float(table["is_universal"].sum()),
-        "median_max_corr": float(table["mean_corr"].median()),
-        "median_baseline": float(table["mean_baseline"].median()),
+    """What a :class:`~tl_universality.analyses.correlation.CorrelationResult` logs (its
+    ``wandb_payload``): the numbers of ``summary()``, the universal-neuron and per-layer tables,
+    histograms of max correlation, baseline and excess, and the paper's figure."""
+    return _as_payload(result.wandb_payload(threshold), "correlation")
+
+
+def _scalars(summary: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in summary.items()
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
     }
-    for row in share.itertuples():
-        scalars[f"layer_{row.layer}/universal_share"] = float(row.universal_share)
+
+
+def _as_payload(parts: Any, prefix: str) -> WandbPayload:
+    if isinstance(parts, WandbPayload):
+        return parts
     return WandbPayload(
-        "correlation",
-        scalars=scalars,
-        tables={"universal_neurons": result.universal_neurons(threshold), "per_layer": share},
-        histograms={
-            "max_corr": table["mean_corr"].to_numpy(),
-            "baseline_max_corr": table["mean_baseline"].to_numpy(),
-            "excess_corr": table["excess_corr"].to_numpy(),
-        },
-        figures={"figure": result.plot(threshold)},
+        prefix,
+        scalars=_scalars(parts.get("scalars", {})),
+        tables=dict(parts.get("tables", {})),
+        histograms=dict(parts.get("histograms", {})),
+        figures=dict(parts.get("figures", {})),
     )
 
 
 def payload_of(result: Any, prefix: str | None = None) -> WandbPayload:
-    """The :class:`WandbPayload` of a result (see the module docstring for the rules)."""
-    from tl_universality.analyses.correlation import CorrelationResult
+    """The :class:`WandbPayload` of a result.
 
-    if isinstance(result, CorrelationResult):
-        payload = correlation_payload(result)
-        payload.prefix = prefix or payload.prefix
-        return payload
-    if hasattr(result, "wandb_payload"):
-        payload = result.wandb_payload()
-        if prefix:
-            payload.prefix = prefix
-        return payload
+    A result that says what to log (``wandb_payload()``) logs that; any other result of the
+    protocol logs its ``summary()`` numbers, its ``to_dataframe()`` table and its ``plot()``; a
+    DataFrame logs as a table.
+    """
     name = prefix or _snake(type(result).__name__)
+    if hasattr(result, "wandb_payload"):
+        return _as_payload(result.wandb_payload(), name)
     if isinstance(result, pd.DataFrame):
         return WandbPayload(name, tables={"table": result})
     if hasattr(result, "to_dataframe"):
-        return WandbPayload(name, tables={"table": result.to_dataframe()})
+        payload = WandbPayload(name, tables={"table": result.to_dataframe()})
+        try:
+            payload.scalars = _scalars(result.summary())
+        except (AttributeError, NotImplementedError):
+            pass
+        return payload
     raise TypeError(
         f"Don't know how to log a {type(result).__name__} to wandb: give it a wandb_payload() or"
         " to_dataframe() method, or pass a DataFrame."

@@ -4,10 +4,7 @@ reference unit with each other model, its chance baseline and the paper's excess
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,11 +13,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from tl_universality.analyses.correlation.plan import FORMAT_PREFIX, FORMAT_VERSION
-from tl_universality.core.errors import (
-    CorruptCacheError,
-)
-from tl_universality.core.saving import atomic_dir
+from tl_universality.core.result import Result, new_axes
+from tl_universality.core.saving import FolderWriter, SavedFolder
 from tl_universality.units.activations import (
     UnitIndex,
 )
@@ -28,8 +22,8 @@ from tl_universality.units.activations import (
 # -- the result -----------------------------------------------------------------------------------
 
 
-@dataclass
-class CorrelationResult:
+@dataclass(repr=False)
+class CorrelationResult(Result):
     """Max-correlation of every reference unit with each other model, and its chance baseline.
 
     Per reference unit (flat index over ``units``) and other model ``m`` (in ``others`` order):
@@ -239,98 +233,158 @@ class CorrelationResult:
         "baseline_draws",
     )
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``arrays.safetensors``, ``result.json`` and ``neurons.parquet`` (the table) to
-        the folder ``path``, atomically (a crash leaves the old folder or none)."""
-        from safetensors.torch import save_file
+    FORMAT = "tl_universality.correlation_result"
+    VERSION = 2
 
-        path = Path(path)
-        tensors = {name: getattr(self, name).contiguous() for name in self._ARRAYS}
+    def _write(self, out: FolderWriter, meta: dict[str, Any]) -> None:
+        tensors = {name: getattr(self, name) for name in self._ARRAYS}
         tensors["dead"] = self.dead.to(torch.uint8)
         for m, dead in enumerate(self.other_dead):
             tensors[f"other_dead.{m}"] = dead.to(torch.uint8)
         for m, mat in enumerate(self.matrices or ()):
-            tensors[f"matrix.{m}"] = mat.contiguous()
-        meta = {
-            "format": FORMAT_PREFIX + ".result",
-            "version": FORMAT_VERSION,
-            "units": self.units.to_dict(),
-            "other_units": [u.to_dict() for u in self.other_units],
-            "names": list(self.names),
-            "n_tokens": self.n_tokens,
-            "baseline": self.baseline,
-            "config": self.config,
-            "has_matrices": self.matrices is not None,
-        }
-        with atomic_dir(path) as tmp:
-            save_file(tensors, tmp / "arrays.safetensors")
-            (tmp / "result.json").write_text(json.dumps(meta, indent=2, default=str))
-            self.to_dataframe().to_parquet(tmp / "neurons.parquet")
-        return path
+            tensors[f"matrix.{m}"] = mat
+        out.write_tensors("arrays", tensors)
+        out.write_table("neurons", self.to_dataframe())
+        meta.update(
+            units=self.units.to_dict(),
+            other_units=[u.to_dict() for u in self.other_units],
+            names=list(self.names),
+            n_tokens=self.n_tokens,
+            baseline=self.baseline,
+            config=self.config,
+            has_matrices=self.matrices is not None,
+            summary=self.summary(),
+        )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> CorrelationResult:
-        """Read a folder written by :meth:`save`.
+    def _load_fix(cls) -> str:
+        return "run correlate(...) again and save the result, or point to the right folder."
 
-        Raises:
-            CorruptCacheError: A file is missing or unreadable; the message names it.
-        """
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        fix = "Fix: run correlate(...) again and save the result, or point to the right folder."
-        meta_file, array_file = path / "result.json", path / "arrays.safetensors"
-        for f in (meta_file, array_file):
-            if not f.is_file():
-                raise CorruptCacheError(
-                    f"{f} is missing: {path} is not a saved CorrelationResult. {fix}"
-                )
-        try:
-            meta = json.loads(meta_file.read_text())
-            if meta.get("format") != FORMAT_PREFIX + ".result":
-                raise ValueError(f"format is {meta.get('format')!r}")
-            units = UnitIndex.from_dict(meta["units"])
-            others = tuple(UnitIndex.from_dict(u) for u in meta["other_units"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise CorruptCacheError(f"{meta_file} is corrupt ({err}). {fix}") from err
-        try:
-            t = load_file(array_file)
-            arrays = {name: t[name] for name in cls._ARRAYS}
-            result = cls(
-                units=units,
-                other_units=others,
-                names=tuple(meta["names"]),
-                n_tokens=int(meta["n_tokens"]),
-                dead=t["dead"].bool(),
-                other_dead=tuple(t[f"other_dead.{m}"].bool() for m in range(len(others))),
-                baseline=meta["baseline"],
-                config=meta.get("config", {}),
-                matrices=(
-                    tuple(t[f"matrix.{m}"] for m in range(len(others)))
-                    if meta.get("has_matrices")
-                    else None
-                ),
-                **arrays,
-            )
-        except Exception as err:  # safetensors raises its own error types
-            raise CorruptCacheError(
-                f"{array_file} is corrupt or incomplete ({err}). {fix}"
-            ) from err
+    @classmethod
+    def _read(cls, saved: SavedFolder) -> CorrelationResult:
+        meta = saved.meta
+        units = UnitIndex.from_dict(meta["units"])
+        others = tuple(UnitIndex.from_dict(u) for u in meta["other_units"])
+        t = saved.tensors("arrays")
+        k = len(others)
+        result = cls(
+            units=units,
+            other_units=others,
+            names=tuple(str(n) for n in meta["names"]),
+            n_tokens=int(meta["n_tokens"]),
+            dead=t["dead"].bool(),
+            other_dead=tuple(t[f"other_dead.{m}"].bool() for m in range(k)),
+            baseline=meta["baseline"],
+            config=dict(meta.get("config") or {}),
+            matrices=tuple(t[f"matrix.{m}"] for m in range(k)) if meta["has_matrices"] else None,
+            **{name: t[name] for name in cls._ARRAYS},
+        )
+        result.check_consistent()
         return result
+
+    def check_consistent(self) -> None:
+        """Raise ``ValueError`` unless every array has the shape and dtype its units imply."""
+        k, n = self.n_models, self.units.n_units
+        if len(self.names) != k + 1:
+            raise ValueError(f"{len(self.names)} names for {k + 1} models")
+        expect = {
+            "max_corr": ((k, n), "float"),
+            "argmax": ((k, n), torch.int64),
+            "min_corr": ((k, n), "float"),
+            "argmin": ((k, n), torch.int64),
+            "dead": ((n,), torch.bool),
+        }
+        for name, (shape, dtype) in expect.items():
+            value = getattr(self, name)
+            ok = value.is_floating_point() if dtype == "float" else value.dtype == dtype
+            if tuple(value.shape) != shape or not ok:
+                raise ValueError(
+                    f"{name} is {tuple(value.shape)} {value.dtype}, expected {shape} {dtype}"
+                )
+        if self.top_corr.shape[:2] != (k, n) or self.top_index.shape != self.top_corr.shape:
+            raise ValueError(
+                f"top_corr/top_index are {tuple(self.top_corr.shape)}, not ({k}, {n}, _)"
+            )
+        if self.baseline_draws.shape[0] != k or self.baseline_draws.shape[2] != n:
+            raise ValueError(f"baseline_draws is {tuple(self.baseline_draws.shape)}")
+        for m, (idx, dead) in enumerate(zip(self.other_units, self.other_dead, strict=True)):
+            if tuple(dead.shape) != (idx.n_units,):
+                raise ValueError(f"other_dead[{m}] has {dead.shape[0]} units, not {idx.n_units}")
+            for name in ("argmax", "argmin"):
+                flat = getattr(self, name)[m]
+                if bool(((flat < -1) | (flat >= idx.n_units)).any()):
+                    raise ValueError(f"{name}[{m}] points outside model {m}'s {idx.n_units} units")
+
+    def summary(self, threshold: float = 0.5) -> dict[str, Any]:
+        """The headline numbers: units, tokens, universal count and share, median max-correlation
+        and baseline (means over models), excess-correlation quantiles, and the universal share
+        of every layer (``universal_share_L{layer}``). NaN where there is no baseline."""
+        df = self.to_dataframe(threshold)
+        live = df[~df["is_dead"]]
+        excess = live["excess_corr"].dropna()
+        out: dict[str, Any] = {
+            "reference": self.names[0],
+            "others": ", ".join(self.other_labels()),
+            "n_units": int(len(df)),
+            "n_dead": int(df["is_dead"].sum()),
+            "n_tokens": int(self.n_tokens),
+            "baseline": self.baseline or "none",
+            "n_universal": int(df["is_universal"].sum()) if self.baseline else 0,
+            "universal_share": float(df["is_universal"].mean()) if self.baseline else float("nan"),
+            "median_max_corr": float(live["mean_corr"].median()),
+            "median_baseline": float(live["mean_baseline"].median()),
+            "excess_p50": float(excess.quantile(0.5)) if len(excess) else float("nan"),
+            "excess_p99": float(excess.quantile(0.99)) if len(excess) else float("nan"),
+            "excess_max": float(excess.max()) if len(excess) else float("nan"),
+            "threshold": float(threshold),
+        }
+        if self.baseline:
+            for row in self.universal_share(threshold).itertuples():
+                out[f"universal_share_L{int(row.layer)}"] = float(row.universal_share)
+        return out
+
+    def wandb_payload(self, threshold: float = 0.5) -> dict[str, Any]:
+        """What wandb logs of this result: the ``summary()`` numbers (per-layer shares as
+        ``layer_{l}/universal_share``), the universal-neuron and per-layer tables, histograms of
+        max correlation, baseline and excess, and the figure."""
+        summary = self.summary(threshold)
+        scalars = {}
+        for key, value in summary.items():
+            if key.startswith("universal_share_L"):
+                key = f"layer_{key.removeprefix('universal_share_L')}/universal_share"
+            scalars[key] = value
+        table = self.to_dataframe(threshold)
+        tables = {"per_layer": self.universal_share(threshold)} if self.baseline else {}
+        if self.baseline:
+            tables["universal_neurons"] = self.universal_neurons(threshold)
+        return {
+            "scalars": scalars,
+            "tables": tables,
+            "histograms": {
+                "max_corr": table["mean_corr"].to_numpy(),
+                "baseline_max_corr": table["mean_baseline"].to_numpy(),
+                "excess_corr": table["excess_corr"].to_numpy(),
+            },
+            "figures": {"figure": self.plot(threshold=threshold)},
+        }
 
     # -- plots ---------------------------------------------------------------------------------
 
-    def plot(self, threshold: float = 0.5) -> Any:
+    def plot(self, ax: Any = None, threshold: float = 0.5) -> Any:
         """The paper's views: per layer, the distribution of max-correlation (mean over models)
-        against the baseline's, and the share of universal units. Returns a matplotlib Figure."""
-        from matplotlib.figure import Figure
-
+        against the baseline's, and the share of universal units. Returns a matplotlib Figure;
+        ``ax`` may be a pair of axes to draw on."""
         df = self.to_dataframe(threshold)
         share = self.universal_share(threshold) if self.baseline else None
         layers = sorted(df["layer"].unique())
         pos = np.arange(len(layers), dtype=float)
-        fig = Figure(figsize=(max(6.0, 0.5 * len(layers) + 3), 7), layout="constrained")
-        ax_dist, ax_share = fig.subplots(2, 1, sharex=True)
+        if ax is not None:
+            ax_dist, ax_share = ax
+            fig = ax_dist.figure
+        else:
+            fig, (ax_dist, ax_share) = new_axes(
+                figsize=(max(6.0, 0.5 * len(layers) + 3), 7), nrows=2, ncols=1, sharex=True
+            )
         for column, offset, color, label in (
             ("mean_corr", -0.2, "tab:blue", "max correlation (mean over models)"),
             ("mean_baseline", 0.2, "tab:gray", f"baseline ({self.baseline})"),
