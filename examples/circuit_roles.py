@@ -78,7 +78,7 @@ def main() -> None:
     )
     if args.plots is not None:
         args.plots.mkdir(parents=True, exist_ok=True)
-        result.plot("entropy").savefig(args.plots / "entropy_intervention.png", dpi=150)
+        result.plot(metric="entropy").savefig(args.plots / "entropy_intervention.png", dpi=150)
 
     # -- Attention deactivation neurons ----------------------------------------------------------
     if model.cfg.n_layers < 2:
@@ -100,7 +100,7 @@ def main() -> None:
         print(f"  {key:42s} {value:+.4f}")
 
     if args.plots is not None:
-        deactivation.plot(head).savefig(args.plots / "deactivation_scores.png", dpi=150)
+        deactivation.plot(head=head).savefig(args.plots / "deactivation_scores.png", dpi=150)
         ablation.plot().savefig(args.plots / "path_ablation.png", dpi=150)
         print(f"\nfigures written to {args.plots}/")
 

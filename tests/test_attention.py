@@ -92,7 +92,7 @@ def test_scores_match_oracle_and_planted_neuron_ranks_first():
     assert top.iloc[0]["z_score"] > 4  # ~sqrt(d_model - 1) for a perfectly aligned direction
     table = result.to_dataframe()
     assert len(table) == 64 * 4 and table["score"].is_monotonic_decreasing
-    assert tuple(table.iloc[0][["layer", "neuron", "head_layer", "head"]]) == (*NEURON, *HEAD)
+    assert tuple(table.iloc[0][["layer", "neuron", "head_layer", "head_index"]]) == (*NEURON, *HEAD)
 
 
 @pytest.mark.parametrize("n_key_value_heads", [None, 2])
@@ -135,7 +135,7 @@ def test_random_baseline_is_norm_matched_and_centred():
     torch.testing.assert_close(std[1].double(), expected_std, rtol=0.15, atol=0)
     assert (mean[1].abs() < 4 * std[1] / math.sqrt(8 * 64)).all()
     # Scaling with the neuron's norm: the planted neuron's baseline is 30 / |w_other| wider.
-    table = result.to_dataframe().set_index(["layer", "neuron", "head_layer", "head"])
+    table = result.to_dataframe().set_index(["layer", "neuron", "head_layer", "head_index"])
     planted = table.loc[(*NEURON, *HEAD)]
     assert planted["random_std"] == pytest.approx(30.0 * float(std[HEAD]), rel=1e-5)
     # Reproducible from the seed, different for another seed.
@@ -233,7 +233,7 @@ def test_results_round_trip_plot_and_bad_input(tmp_path):
     scores = attention_deactivation_scores(m, bos_token_id=BOS)
     loaded = AttentionDeactivationScores.load(scores.save(tmp_path / "scores"))
     assert torch.equal(loaded.scores.nan_to_num(), scores.scores.nan_to_num())
-    assert scores.plot(HEAD).axes[0].get_title().endswith("1.2")
+    assert scores.plot(head=HEAD).axes[0].get_title().endswith("L1H2")
     ablation = path_ablation(m, NEURON, HEAD, tokens(n=2))
     loaded_ablation = PathAblationResult.load(ablation.save(tmp_path / "ablation"))
     assert loaded_ablation.to_dataframe().equals(ablation.to_dataframe())

@@ -57,10 +57,10 @@ def test_long_table(model):
     assert len(table) == 16 * 3 * (2 + 1)
     assert (table["head_layer"] > table["layer"]).all()
     assert list(table.columns) == [
-        "layer", "neuron", "head_layer", "head", "q_comp", "k_comp", "v_comp",
+        "layer", "neuron", "head_layer", "head_index", "q_comp", "k_comp", "v_comp",
     ]  # fmt: skip
     row = table.iloc[5]
-    ln, n, lh, h = (int(row[c]) for c in ("layer", "neuron", "head_layer", "head"))
+    ln, n, lh, h = (int(row[c]) for c in ("layer", "neuron", "head_layer", "head_index"))
     assert row["v_comp"] == pytest.approx(float(result["v"][ln, n, lh, h]))
     high = result.to_dataframe(min_score=0.3)
     assert len(high) < len(table)

@@ -142,7 +142,7 @@ def test_total_effect_is_monotone_and_direct_effect_vanishes():
     # Baseline: 3 other neurons of the same layer, closest in norm.
     rand = result.neurons[result.neurons["kind"] == "random"]
     assert len(rand) == 3 and set(rand["layer"]) == {1} and NEURON[1] not in set(rand["neuron"])
-    summary = result.summary(["entropy"]).set_index(["value", "effect"])
+    summary = result.effects(["entropy"]).set_index(["value", "effect"])
     change = summary.loc[(8.0, "total"), "entropy_change"]
     assert abs(change) > 5 * abs(summary.loc[(8.0, "total"), "baseline_entropy_change"])
 
@@ -238,10 +238,10 @@ def test_result_round_trip_plot_and_bad_input(tmp_path):
     loaded = EntropyInterventionResult.load(result.save(tmp_path / "entropy"))
     assert loaded.clean == result.clean and loaded.note == result.note
     assert loaded.to_dataframe().equals(result.to_dataframe())
-    fig = result.plot("entropy")
+    fig = result.plot(metric="entropy")
     assert fig.axes[0].get_ylabel() == "entropy"
     with pytest.raises(ValueError):
-        result.plot("perplexity")
+        result.plot(metric="perplexity")
     with pytest.raises(IndexError):
         entropy_intervention(m, (2, 0), [0.0], tokens(n=1))
     with pytest.raises(ValueError, match="No values"):

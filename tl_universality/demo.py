@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tl_universality.core.names import head_name, neuron_name
 from tl_universality.outputs import report as files
 
 #: Tokens used by the causal tests (entropy intervention, path ablation).
@@ -226,12 +227,12 @@ def run_demo(
     )
     ent.save(out / files.ENTROPY_INTERVENTION)
     summary.seconds["entropy"] = clock() - t
-    ent_summary = ent.summary()
-    summary.values["entropy_candidate"] = f"{int(top.layer)}.{int(top.neuron)}"
+    ent_summary = ent.effects()
+    summary.values["entropy_candidate"] = neuron_name(top.layer, top.neuron)
     summary.values["entropy_effect"] = json.loads(ent_summary.to_json(orient="records"))
     _say(
         progress,
-        f"\nEntropy candidate {int(top.layer)}.{int(top.neuron)} (null-space share"
+        f"\nEntropy candidate {neuron_name(top.layer, top.neuron)} (null-space share"
         f" {top.null_space_share:.2f}), fixed to {[round(v, 2) for v in values]}:",
         _table(ent_summary[[c for c in ENTROPY_COLUMNS if c in ent_summary]]),
     )
@@ -244,17 +245,17 @@ def run_demo(
         ranked.to_parquet(out / files.ATTENTION_SCORES)
         best = ranked.iloc[0]
         neuron = (int(best["layer"]), int(best["neuron"]))
-        head = (int(best["head_layer"]), int(best["head"]))
+        head = (int(best["head_layer"]), int(best["head_index"]))
         ablation = path_ablation(ref, neuron, head, tokens, max_tokens=INTERVENTION_TOKENS)
         effect = ablation.summary()
         ablation.save(out / files.PATH_ABLATION)
         summary.seconds["attention"] = clock() - t
-        summary.values["deactivation_pair"] = f"{neuron[0]}.{neuron[1]} -> head {head[0]}.{head[1]}"
+        summary.values["deactivation_pair"] = f"{neuron_name(*neuron)} -> {head_name(*head)}"
         summary.values["path_ablation"] = effect
         _say(
             progress,
-            f"\nAttention deactivation: neuron {neuron[0]}.{neuron[1]} -> head"
-            f" {head[0]}.{head[1]} (score {best.score:.3f}); path ablation:",
+            f"\nAttention deactivation: {neuron_name(*neuron)} ->"
+            f" {head_name(*head)} (score {best.score:.3f}); path ablation:",
             "  " + ", ".join(f"{k} {v:.3g}" for k, v in effect.items()),
         )
 

@@ -27,9 +27,7 @@ rotary models the query's rotation is left out (the score is the one at zero rel
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,8 +38,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tl_universality.core.errors import NoUnitsError
+from tl_universality.core.names import head_name, neuron_name
 from tl_universality.core.protocol import HookedModel, mlp_hook_names, model_name
-from tl_universality.core.saving import reading_saved
+from tl_universality.core.result import Result, new_axes
+from tl_universality.core.saving import FolderWriter, SavedFolder
 from tl_universality.units.activations import model_device
 from tl_universality.units.hooks import (
     RemoveFromQueryInput,
@@ -150,8 +150,8 @@ def bos_query_directions(
     return directions
 
 
-@dataclass
-class AttentionDeactivationScores:
+@dataclass(repr=False)
+class AttentionDeactivationScores(Result):
     """Deactivation scores of every (neuron, later head) pair, with a random-direction baseline.
 
     Attributes:
@@ -163,6 +163,8 @@ class AttentionDeactivationScores:
         bos_query_directions: ``[head_layer, head, d_model]``, see :func:`bos_query_directions`.
         model_name: For titles.
     """
+
+    FORMAT = "tl_universality.attention_deactivation_scores"
 
     scores: Float[Tensor, "layer neuron head_layer head"]
     random_scores: Float[Tensor, "n_random layer neuron head_layer head"]
@@ -186,8 +188,9 @@ class AttentionDeactivationScores:
     def to_dataframe(self, top_k: int | None = None) -> pd.DataFrame:
         """The ranked table: one row per (neuron, later head) pair, highest score first.
 
-        Columns: ``layer, neuron, head_layer, head, score, w_out_norm, random_mean, random_std``
-        (the baseline for this neuron's norm) and ``z_score`` ((score - random_mean) / random_std).
+        Columns: ``layer, neuron, head_layer, head_index, score, w_out_norm, random_mean,
+        random_std`` (the baseline for this neuron's norm) and ``z_score``
+        ((score - random_mean) / random_std).
         With ``top_k`` only the best rows are built (the full table of GPT-2 medium has ~18M).
         """
         return self._ranked(torch.ones(self.scores.shape[2:], dtype=torch.bool), top_k)
@@ -198,7 +201,9 @@ class AttentionDeactivationScores:
         if head is not None:
             head_layer, index = head
             if bool(torch.isnan(self.scores[:, :, head_layer, index]).all()):
-                raise ValueError(f"Head {head_layer}.{index} has no earlier neurons to score.")
+                raise ValueError(
+                    f"Head {head_name(head_layer, index)} has no earlier neurons to score."
+                )
             heads = torch.zeros_like(heads)
             heads[head_layer, index] = True
         return self._ranked(heads, k)
@@ -224,7 +229,7 @@ class AttentionDeactivationScores:
                 "layer": layer.numpy(),
                 "neuron": neuron.numpy(),
                 "head_layer": head_layer.numpy(),
-                "head": head.numpy(),
+                "head_index": head.numpy(),
                 "score": score.numpy(),
                 "w_out_norm": norm.numpy(),
                 "random_mean": random_mean.numpy(),
@@ -233,15 +238,33 @@ class AttentionDeactivationScores:
             }
         )
 
-    def plot(self, head: tuple[int, int], ax: Any = None, bins: int = 50) -> Any:
-        """Histogram of the scores of every earlier neuron for ``head`` against the random
-        baseline (scores of norm-matched random directions). Returns the matplotlib figure."""
-        import matplotlib.pyplot as plt
+    def summary(self) -> dict[str, Any]:
+        """The best (neuron, head) pair, its score and z-score, and how many pairs score more than
+        3 standard deviations above the random baseline."""
+        top = self.to_dataframe(top_k=1)
+        ranked = self.to_dataframe()
+        out: dict[str, Any] = {"n_pairs": int(len(ranked))}
+        if len(top):
+            row = top.iloc[0]
+            out.update(
+                best_neuron=neuron_name(row["layer"], row["neuron"]),
+                best_head=head_name(row["head_layer"], row["head_index"]),
+                best_score=float(row["score"]),
+                best_z_score=float(row["z_score"]),
+                n_z_above_3=int((ranked["z_score"] > 3).sum()),
+            )
+        return out
 
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(6, 4))
-        else:
-            fig = ax.figure
+    def plot(self, ax: Any = None, head: tuple[int, int] | None = None, bins: int = 50) -> Any:
+        """Histogram of the scores of every earlier neuron for ``head`` (default: the head of the
+        best pair) against the random baseline (scores of norm-matched random directions).
+        Returns the matplotlib figure."""
+        fig, ax = new_axes(ax, figsize=(6, 4))
+        if head is None:
+            best = self.to_dataframe(top_k=1)
+            if best.empty:
+                raise ValueError("No (neuron, later head) pair to plot: the model has one layer.")
+            head = (int(best["head_layer"].iloc[0]), int(best["head_index"].iloc[0]))
         head_layer, index = head
         real = self.scores[:, :, head_layer, index].reshape(-1)
         rand = self.random_scores[:, :, :, head_layer, index].reshape(-1)
@@ -252,37 +275,36 @@ class AttentionDeactivationScores:
         ax.set_yscale("log")
         ax.set_xlabel("w_out · W_Q k_BOS / attn_scale")
         ax.set_ylabel("density")
-        ax.set_title(f"BOS deactivation scores for head {head_layer}.{index}")
+        ax.set_title(f"BOS deactivation scores for head {head_name(head_layer, index)}")
         ax.legend()
         return fig
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``scores.safetensors`` and ``meta.json`` into ``directory``."""
-        from safetensors.torch import save_file
-
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "scores": self.scores,
-            "random_scores": self.random_scores,
-            "w_out_norm": self.w_out_norm,
-            "bos_query_directions": self.bos_query_directions,
-        }
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "scores.safetensors"))
-        (path / "meta.json").write_text(json.dumps({"model_name": self.model_name}))
-        return path
+    def _write(self, out: FolderWriter, meta: dict[str, Any]) -> None:
+        out.write_tensors(
+            "scores",
+            {
+                "scores": self.scores,
+                "random_scores": self.random_scores,
+                "w_out_norm": self.w_out_norm,
+                "bos_query_directions": self.bos_query_directions,
+            },
+        )
+        meta["model_name"] = self.model_name
 
     @classmethod
-    def load(cls, directory: str | Path) -> AttentionDeactivationScores:
-        """Read what :meth:`save` wrote."""
-        from safetensors.torch import load_file
+    def _read(cls, saved: SavedFolder) -> AttentionDeactivationScores:
+        t = saved.tensors("scores")
+        result = cls(**t, model_name=str(saved.meta.get("model_name", "")))
+        n_layers, d_mlp = result.w_out_norm.shape
+        if result.scores.shape[:2] != (n_layers, d_mlp) or result.random_scores.shape[1:] != (
+            result.scores.shape
+        ):
+            raise ValueError("scores, random_scores and w_out_norm disagree in shape")
+        return result
 
-        path = Path(directory)
-        fix = "run attention_deactivation_scores(...) again and save it."
-        with reading_saved(path, "AttentionDeactivationScores", fix):
-            tensors = load_file(str(path / "scores.safetensors"))
-            meta = json.loads((path / "meta.json").read_text())
-            return cls(**tensors, model_name=meta.get("model_name", ""))
+    @classmethod
+    def _load_fix(cls) -> str:
+        return "run attention_deactivation_scores(...) again and save it."
 
 
 def attention_deactivation_scores(
@@ -362,8 +384,8 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-@dataclass
-class PathAblationResult:
+@dataclass(repr=False)
+class PathAblationResult(Result):
     """Per-token effect of removing a neuron's output from one head's query input.
 
     Attributes:
@@ -375,6 +397,8 @@ class PathAblationResult:
             output_norm_ablated, output_norm_change`` (‖z_h W_O[h]‖ per token).
         model_name: For titles.
     """
+
+    FORMAT = "tl_universality.path_ablation"
 
     neuron: tuple[int, int]
     head: tuple[int, int]
@@ -406,49 +430,44 @@ class PathAblationResult:
             out[f"corr_activation_{column}"] = self.correlations[column]
         return out
 
-    def plot(self, axes: Any = None) -> Any:
-        """Scatter the neuron's activation against both changes. Returns the matplotlib figure."""
-        import matplotlib.pyplot as plt
-
-        if axes is None:
-            fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    def plot(self, ax: Any = None) -> Any:
+        """Scatter the neuron's activation against both changes (``ax``: a pair of axes).
+        Returns the matplotlib figure."""
+        if ax is None:
+            fig, axes = new_axes(figsize=(10, 4), nrows=1, ncols=2)
         else:
-            fig = axes[0].figure
+            axes, fig = ax, ax[0].figure
         corr = self.correlations
-        for ax, column, label in zip(
+        for a, column, label in zip(
             axes,
             ("bos_attention_change", "output_norm_change"),
             ("change in attention to BOS", "change in head output norm"),
             strict=True,
         ):
-            ax.scatter(self.table["activation"], self.table[column], s=4, alpha=0.5)
-            ax.axhline(0, color="grey", lw=1)
-            ax.set_xlabel(f"activation of neuron {self.neuron[0]}.{self.neuron[1]}")
-            ax.set_ylabel(label)
-            ax.set_title(f"head {self.head[0]}.{self.head[1]}: r = {corr[column]:.2f}")
+            a.scatter(self.table["activation"], self.table[column], s=4, alpha=0.5)
+            a.axhline(0, color="grey", lw=1)
+            a.set_xlabel(f"activation of neuron {neuron_name(*self.neuron)}")
+            a.set_ylabel(label)
+            a.set_title(f"head {head_name(*self.head)}: r = {corr[column]:.2f}")
         return fig
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``table.parquet`` and ``meta.json`` into ``directory``."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        self.table.to_parquet(path / "table.parquet", index=False)
-        meta = {"neuron": list(self.neuron), "head": list(self.head), "model_name": self.model_name}
-        (path / "meta.json").write_text(json.dumps(meta))
-        return path
+    def _write(self, out: FolderWriter, meta: dict[str, Any]) -> None:
+        out.write_table("table", self.table.reset_index(drop=True))
+        meta.update(neuron=list(self.neuron), head=list(self.head), model_name=self.model_name)
 
     @classmethod
-    def load(cls, directory: str | Path) -> PathAblationResult:
-        """Read what :meth:`save` wrote."""
-        path = Path(directory)
-        with reading_saved(path, "PathAblationResult", "run path_ablation(...) again and save it."):
-            meta = json.loads((path / "meta.json").read_text())
-            return cls(
-                neuron=(int(meta["neuron"][0]), int(meta["neuron"][1])),
-                head=(int(meta["head"][0]), int(meta["head"][1])),
-                table=pd.read_parquet(path / "table.parquet"),
-                model_name=meta.get("model_name", ""),
-            )
+    def _read(cls, saved: SavedFolder) -> PathAblationResult:
+        meta = saved.meta
+        return cls(
+            neuron=(int(meta["neuron"][0]), int(meta["neuron"][1])),
+            head=(int(meta["head"][0]), int(meta["head"][1])),
+            table=saved.table("table"),
+            model_name=str(meta.get("model_name", "")),
+        )
+
+    @classmethod
+    def _load_fix(cls) -> str:
+        return "run path_ablation(...) again and save it."
 
 
 def _check_pair(model: HookedModel, neuron: tuple[int, int], head: tuple[int, int]) -> None:
@@ -456,13 +475,13 @@ def _check_pair(model: HookedModel, neuron: tuple[int, int], head: tuple[int, in
     layer, index = neuron
     head_layer, head_index = head
     if not (0 <= layer < n_layers and 0 <= index < d_mlp):
-        raise IndexError(f"{model_name(model)} has no neuron {layer}.{index}.")
+        raise IndexError(f"{model_name(model)} has no neuron {neuron_name(layer, index)}.")
     if not (0 <= head_layer < n_layers and 0 <= head_index < int(n_heads)):
-        raise IndexError(f"{model_name(model)} has no head {head_layer}.{head_index}.")
+        raise IndexError(f"{model_name(model)} has no head {head_name(head_layer, head_index)}.")
     if head_layer <= layer:
         raise ValueError(
-            f"Head {head_layer}.{head_index} does not read neuron {layer}.{index}'s output: pick a"
-            f" head in a later layer than {layer}."
+            f"Head {head_name(head_layer, head_index)} does not read neuron"
+            f" {neuron_name(layer, index)}'s output: pick a head in a later layer than {layer}."
         )
 
 

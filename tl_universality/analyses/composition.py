@@ -23,13 +23,10 @@ weights (``fold_ln``, so LayerNorm scales are inside ``W_Q``/``W_K``/``W_V``) ar
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -37,17 +34,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_universality.analyses.vocab import LayersSpec, _block_weight, _layers, w_out
+from tl_universality.analyses.vocab import LayersSpec, block_weight, resolve_layers, w_out
+from tl_universality.core.names import head_name, neuron_name
 from tl_universality.core.protocol import HookedModel
-from tl_universality.core.saving import atomic_dir, reading_saved
+from tl_universality.core.result import Result, new_axes
+from tl_universality.core.saving import FolderWriter, SavedFolder
 
 CompositionKindQKV = Literal["q", "k", "v"]
 KINDS: tuple[str, ...] = ("q", "k", "v")
-_FORMAT = "tl_universality.head_composition.v1"
 
 
-@dataclass
-class HeadComposition:
+@dataclass(repr=False)
+class HeadComposition(Result):
     """Composition scores of every neuron with every later attention head.
 
     Attributes:
@@ -58,6 +56,8 @@ class HeadComposition:
         neuron_layers, head_layers: the layers that were computed.
     """
 
+    FORMAT = "tl_universality.head_composition"
+
     scores: dict[str, Float[Tensor, "neuron_layers d_mlp head_layers n_heads"]]
     baseline: float
     neuron_layers: tuple[int, ...]
@@ -67,7 +67,8 @@ class HeadComposition:
         return self.scores[kind]
 
     def to_dataframe(self, min_score: float | None = None) -> pd.DataFrame:
-        """Long table: ``layer, neuron, head_layer, head`` and one ``<kind>_comp`` column per kind.
+        """Long table: ``layer, neuron, head_layer, head_index`` and one ``<kind>_comp`` column
+        per kind.
 
         Only (neuron, later head) pairs appear. ``min_score`` keeps rows where any kind reaches it
         (the full table of GPT-2 medium has ~19M rows).
@@ -86,51 +87,63 @@ class HeadComposition:
                 "layer": idx[:, 0].astype(np.int64),
                 "neuron": idx[:, 1].astype(np.int64),
                 "head_layer": idx[:, 2].astype(np.int64),
-                "head": idx[:, 3].astype(np.int64),
+                "head_index": idx[:, 3].astype(np.int64),
             }
         )
         for kind, values in self.scores.items():
             table[f"{kind}_comp"] = values[valid].numpy()
         return table
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``scores.safetensors`` and ``composition.json`` to the folder ``path``
-        (atomically)."""
-        from safetensors.torch import save_file
+    def summary(self) -> dict[str, Any]:
+        """Per kind, the largest score, its (neuron, head) pair and how many pairs score above
+        five times the random-direction baseline."""
+        out: dict[str, Any] = {"baseline": float(self.baseline)}
+        for kind, values in self.scores.items():
+            flat = torch.nan_to_num(values.to(torch.float64), nan=-torch.inf)
+            best = int(flat.argmax())
+            layer, neuron, head_layer, head = np.unravel_index(best, tuple(values.shape))
+            out[f"{kind}_max"] = float(flat.reshape(-1)[best])
+            out[f"{kind}_best"] = f"{neuron_name(layer, neuron)}->{head_name(head_layer, head)}"
+            out[f"{kind}_n_above_5x_baseline"] = int((values > 5 * self.baseline).sum())
+        return out
 
-        path = Path(path)
-        meta = {
-            "format": _FORMAT,
-            "baseline": self.baseline,
-            "neuron_layers": list(self.neuron_layers),
-            "head_layers": list(self.head_layers),
-        }
-        with atomic_dir(path) as tmp:
-            save_file(
-                {k: v.contiguous() for k, v in self.scores.items()}, tmp / "scores.safetensors"
-            )
-            (tmp / "composition.json").write_text(json.dumps(meta, indent=2))
-        return path
+    def plot(self, ax: Any = None, kind: str = "v") -> Any:
+        """Histogram of one kind's scores with the random-direction baseline marked."""
+        fig, ax = new_axes(ax, figsize=(6, 4))
+        values = self.scores[kind]
+        ax.hist(values[~torch.isnan(values)].numpy(), bins=60, log=True)
+        ax.axvline(self.baseline, color="black", ls="--", label="random direction")
+        ax.set_xlabel(f"{kind}-composition")
+        ax.set_ylabel("(neuron, head) pairs")
+        ax.legend()
+        return fig
+
+    def _write(self, out: FolderWriter, meta: dict[str, Any]) -> None:
+        out.write_tensors("scores", self.scores)
+        meta.update(
+            baseline=self.baseline,
+            kinds=list(self.scores),
+            neuron_layers=list(self.neuron_layers),
+            head_layers=list(self.head_layers),
+        )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> HeadComposition:
-        """Read a folder written by :meth:`save` (``CorruptCacheError`` if it is not one)."""
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        fix = "run head_composition(...) again and save it, or point to the right folder."
-        with reading_saved(path, "HeadComposition", fix):
-            meta = json.loads((path / "composition.json").read_text())
-            if meta.get("format") != _FORMAT:
-                raise ValueError(f"format is {meta.get('format')!r}")
-            scores = load_file(path / "scores.safetensors")
-        order = [k for k in KINDS if k in scores]
+    def _read(cls, saved: SavedFolder) -> HeadComposition:
+        meta = saved.meta
+        scores = saved.tensors("scores")
+        order = [k for k in meta["kinds"] if k in KINDS]
+        if sorted(order) != sorted(scores) or len({tuple(v.shape) for v in scores.values()}) > 1:
+            raise ValueError("the score tensors disagree with the kinds or with each other")
         return cls(
             {k: scores[k] for k in order},
             float(meta["baseline"]),
-            tuple(meta["neuron_layers"]),
-            tuple(meta["head_layers"]),
+            tuple(int(x) for x in meta["neuron_layers"]),
+            tuple(int(x) for x in meta["head_layers"]),
         )
+
+    @classmethod
+    def _load_fix(cls) -> str:
+        return "run head_composition(...) again and save it, or point to the right folder."
 
     def __repr__(self) -> str:
         shape = tuple(next(iter(self.scores.values())).shape)
@@ -139,7 +152,7 @@ class HeadComposition:
 
 
 def _attn(model: HookedModel, layer: int, name: str) -> Tensor:
-    return _block_weight(model, layer, "attn", name).detach().to("cpu", torch.float64)
+    return block_weight(model, layer, "attn", name).detach().to("cpu", torch.float64)
 
 
 def _gram(a: Float[Tensor, "heads d_model d_head"]) -> Float[Tensor, "heads d_head d_head"]:
@@ -183,8 +196,8 @@ def head_composition(
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise ValueError(f"kinds must be a non-empty subset of {KINDS}; got {list(kinds)}.")
-    neuron_layers = _layers(model, layers)
-    attn_layers = _layers(model, head_layers)
+    neuron_layers = resolve_layers(model, layers)
+    attn_layers = resolve_layers(model, head_layers)
     n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
     n_heads = int(model.cfg.n_heads)
     out = {

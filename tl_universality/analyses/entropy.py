@@ -25,10 +25,8 @@ through.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,8 +36,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tl_universality.core.names import neuron_name
 from tl_universality.core.protocol import HookedModel, mlp_hook_names, model_name
-from tl_universality.core.saving import reading_saved
+from tl_universality.core.result import Result, new_axes
+from tl_universality.core.saving import FolderWriter, SavedFolder
 from tl_universality.units.hooks import (
     FixNeuron,
     FreezeLNScale,
@@ -311,8 +311,8 @@ def _means(sums: dict[str, float]) -> dict[str, float]:
     return {m: sums.get(m, float("nan")) / count if count else float("nan") for m in METRICS}
 
 
-@dataclass
-class EntropyInterventionResult:
+@dataclass(repr=False)
+class EntropyInterventionResult(Result):
     """What :func:`entropy_intervention` measured.
 
     Attributes:
@@ -329,6 +329,8 @@ class EntropyInterventionResult:
         n_tokens: Predicted positions averaged over.
     """
 
+    FORMAT = "tl_universality.entropy_intervention"
+
     table: pd.DataFrame
     neurons: pd.DataFrame
     clean: dict[str, float]
@@ -343,7 +345,39 @@ class EntropyInterventionResult:
         """The long table (one row per neuron × value × effect)."""
         return self.table.copy()
 
-    def summary(self, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+    def summary(self) -> dict[str, Any]:
+        """Headline numbers: the clean entropy, and for the candidate and value with the largest
+        total entropy change, that change, its direct part and the matched random neurons' mean
+        change (``direct_share`` = direct / total: near 0 for an entropy neuron)."""
+        out: dict[str, Any] = {
+            "n_candidates": int((self.neurons["kind"] == "candidate").sum()),
+            "n_tokens": int(self.n_tokens),
+            "clean_entropy": float(self.clean.get("entropy", float("nan"))),
+        }
+        eff = self.effects(["entropy"])
+        total = eff[eff["effect"] == "total"]
+        if len(total) and total["entropy_change"].abs().notna().any():
+            best = total.loc[total["entropy_change"].abs().idxmax()]
+            direct = eff[
+                (eff["effect"] == "direct")
+                & (eff["layer"] == best["layer"])
+                & (eff["neuron"] == best["neuron"])
+                & (eff["value"] == best["value"])
+            ]
+            direct_change = float(direct["entropy_change"].iloc[0]) if len(direct) else np.nan
+            out.update(
+                best_neuron=neuron_name(best["layer"], best["neuron"]),
+                best_value=float(best["value"]),
+                total_entropy_change=float(best["entropy_change"]),
+                direct_entropy_change=direct_change,
+                baseline_entropy_change=float(best["baseline_entropy_change"]),
+                direct_share=direct_change / float(best["entropy_change"])
+                if best["entropy_change"]
+                else np.nan,
+            )
+        return out
+
+    def effects(self, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
         """Per candidate, value and effect: the change of each metric from the clean run, and the
         mean and standard deviation of that change over the candidate's matched random neurons.
 
@@ -364,30 +398,27 @@ class EntropyInterventionResult:
         )
         return out
 
-    def plot(self, metric: str = "entropy", ax: Any = None) -> Any:
+    def plot(self, ax: Any = None, metric: str = "entropy") -> Any:
         """Plot ``metric`` against the fixed value: each candidate's total (solid) and direct
         (dashed) effect, its random baseline (mean ± std of the total effect, shaded) and the clean
         level (grey). Returns the matplotlib figure."""
-        import matplotlib.pyplot as plt
-
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(6, 4))
-        else:
-            fig = ax.figure
+        fig, ax = new_axes(ax, figsize=(6, 4))
         t = self.table
         for (layer, neuron), group in t[t["kind"] == "candidate"].groupby(["layer", "neuron"]):
             total = group[group["effect"] == "total"].sort_values("value")
             direct = group[group["effect"] == "direct"].sort_values("value")
-            (line,) = ax.plot(total["value"], total[metric], "-o", label=f"{layer}.{neuron} total")
+            (line,) = ax.plot(
+                total["value"], total[metric], "-o", label=f"{neuron_name(layer, neuron)} total"
+            )
             if self.has_final_ln:
                 ax.plot(
                     direct["value"],
                     direct[metric],
                     "--",
                     color=line.get_color(),
-                    label=f"{layer}.{neuron} direct",
+                    label=f"{neuron_name(layer, neuron)} direct",
                 )
             rand = t[
                 (t["kind"] == "random")
@@ -403,7 +434,7 @@ class EntropyInterventionResult:
                     stats["mean"] + stats["std"],
                     color=line.get_color(),
                     alpha=0.15,
-                    label=f"{layer}.{neuron} random baseline",
+                    label=f"{neuron_name(layer, neuron)} random baseline",
                 )
         if np.isfinite(self.clean[metric]):
             ax.axhline(self.clean[metric], color="grey", lw=1, label="clean")
@@ -413,36 +444,37 @@ class EntropyInterventionResult:
         ax.legend(fontsize="small")
         return fig
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``table.parquet``, ``neurons.parquet`` and ``meta.json`` into ``directory``."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        self.table.to_parquet(path / "table.parquet", index=False)
-        self.neurons.to_parquet(path / "neurons.parquet", index=False)
-        meta = {
-            "clean": self.clean,
-            "values": self.values,
-            "has_final_ln": self.has_final_ln,
-            "note": self.note,
-            "n_tokens": self.n_tokens,
-            "model_name": self.model_name,
-            "extra": self.extra,
-        }
-        (path / "meta.json").write_text(json.dumps(meta, indent=2, allow_nan=True))
-        return path
+    def _write(self, out: FolderWriter, meta: dict[str, Any]) -> None:
+        out.write_table("table", self.table.reset_index(drop=True))
+        out.write_table("neurons", self.neurons.reset_index(drop=True))
+        meta.update(
+            clean=self.clean,
+            values=self.values,
+            has_final_ln=self.has_final_ln,
+            note=self.note,
+            n_tokens=self.n_tokens,
+            model_name=self.model_name,
+            extra=self.extra,
+        )
 
     @classmethod
-    def load(cls, directory: str | Path) -> EntropyInterventionResult:
-        """Read what :meth:`save` wrote."""
-        path = Path(directory)
-        fix = "run entropy_intervention(...) again and save it, or point to the right folder."
-        with reading_saved(path, "EntropyInterventionResult", fix):
-            meta = json.loads((path / "meta.json").read_text())
-            return cls(
-                table=pd.read_parquet(path / "table.parquet"),
-                neurons=pd.read_parquet(path / "neurons.parquet"),
-                **meta,
-            )
+    def _read(cls, saved: SavedFolder) -> EntropyInterventionResult:
+        meta = saved.meta
+        return cls(
+            table=saved.table("table"),
+            neurons=saved.table("neurons"),
+            clean={k: float(v) for k, v in meta["clean"].items()},
+            values=[float(v) for v in meta["values"]],
+            has_final_ln=bool(meta["has_final_ln"]),
+            note=str(meta["note"]),
+            n_tokens=int(meta["n_tokens"]),
+            model_name=str(meta.get("model_name", "")),
+            extra=dict(meta.get("extra") or {}),
+        )
+
+    @classmethod
+    def _load_fix(cls) -> str:
+        return "run entropy_intervention(...) again and save it, or point to the right folder."
 
 
 def _direct_effect_note(model: HookedModel, has_final_ln: bool) -> str:

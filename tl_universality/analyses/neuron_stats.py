@@ -34,9 +34,9 @@ from torch import Tensor
 
 from tl_universality.analyses.vocab import (
     LayersSpec,
-    _block_weight,
-    _layers,
-    _safe_inverse,
+    block_weight,
+    resolve_layers,
+    safe_inverse,
     vocab_moments,
     w_in,
     w_out,
@@ -80,11 +80,11 @@ def weight_stats(model: HookedModel, layers: LayersSpec = None) -> pd.DataFrame:
         (64, 7)
     """
     frames = []
-    for layer in _layers(model, layers):
+    for layer in resolve_layers(model, layers):
         W_in, W_out = w_in(model, layer), w_out(model, layer)
-        b_in = _block_weight(model, layer, "mlp", "b_in").detach().to("cpu", torch.float64)
+        b_in = block_weight(model, layer, "mlp", "b_in").detach().to("cpu", torch.float64)
         in_norm, out_norm = W_in.norm(dim=0), W_out.norm(dim=1)
-        cos = (W_in.T * W_out).sum(dim=1) * _safe_inverse(in_norm) * _safe_inverse(out_norm)
+        cos = (W_in.T * W_out).sum(dim=1) * safe_inverse(in_norm) * safe_inverse(out_norm)
         columns: dict[str, Any] = {
             "layer": np.full(W_out.shape[0], layer, dtype=np.int64),
             "neuron": np.arange(W_out.shape[0], dtype=np.int64),
@@ -95,7 +95,7 @@ def weight_stats(model: HookedModel, layers: LayersSpec = None) -> pd.DataFrame:
             "l2_penalty": (in_norm**2 + out_norm**2).numpy(),
         }
         if getattr(model.cfg, "gated_mlp", False):
-            W_gate = _block_weight(model, layer, "mlp", "W_gate").detach().to("cpu", torch.float64)
+            W_gate = block_weight(model, layer, "mlp", "W_gate").detach().to("cpu", torch.float64)
             columns["w_gate_norm"] = W_gate.norm(dim=0).numpy()
         frames.append(pd.DataFrame(columns))
     return pd.concat(frames, ignore_index=True)
@@ -143,7 +143,7 @@ def activation_moments(
     """
     from tl_universality.units.activations import stream_activations
 
-    chosen = _layers(model, layers)
+    chosen = resolve_layers(model, layers)
     pre_names = [f"blocks.{layer}.mlp.hook_pre" for layer in chosen]
     post_names = [f"blocks.{layer}.mlp.hook_post" for layer in chosen]
     check_hooks_exist(model, post_names)
@@ -365,9 +365,9 @@ def weight_cosines(
     layer_b = layer_a if layer_b is None else layer_b
 
     def vectors(layer: int, which: str) -> Tensor:
-        _layers(model, layer)
+        resolve_layers(model, layer)
         vecs = w_in(model, layer).T if which == "in" else w_out(model, layer)
-        return vecs * _safe_inverse(vecs.norm(dim=1))[:, None]
+        return vecs * safe_inverse(vecs.norm(dim=1))[:, None]
 
     first, second = kind.split("_")
     return vectors(layer_a, first) @ vectors(layer_b, second).T

@@ -11,22 +11,23 @@ moments; :func:`token_set_scores` says *which* named token set a neuron's logit 
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from tl_universality.analyses.vocab import CompositionKind, LayersSpec, _composition_blocks, _layers
+from tl_universality.analyses.vocab import (
+    CompositionKind,
+    LayersSpec,
+    composition_blocks,
+    resolve_layers,
+)
 from tl_universality.core.protocol import HookedModel
-from tl_universality.core.saving import atomic_dir, reading_saved
-
-_FORMAT = "tl_universality.token_set_scores.v1"
+from tl_universality.core.result import Result, new_axes
+from tl_universality.core.saving import FolderWriter, SavedFolder
 
 ROLES = ("prediction", "suppression", "partition", "none")
 """The labels of :func:`prediction_neurons`, in order of precedence."""
@@ -143,8 +144,8 @@ TokenSetsSpec = Sequence[str] | dict[str, Any] | None
 ``{name: boolean mask over the vocabulary, or predicate on the token string}``."""
 
 
-@dataclass
-class TokenSetScores:
+@dataclass(repr=False)
+class TokenSetScores(Result):
     """Per neuron and token set: how the neuron's logit effect separates the set from the rest.
 
     Attributes:
@@ -156,6 +157,8 @@ class TokenSetScores:
         skipped: sets left out because fewer than ``min_set_size`` tokens were in (or out of) them.
     """
 
+    FORMAT = "tl_universality.token_set_scores"
+
     scores: pd.DataFrame
     best: pd.DataFrame
     kind: str = "logit"
@@ -165,29 +168,47 @@ class TokenSetScores:
         """The long table (one row per neuron and set)."""
         return self.scores
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``scores.parquet``, ``best.parquet`` and ``token_set_scores.json`` to the folder
-        ``path``, atomically."""
-        path = Path(path)
-        meta = {"format": _FORMAT, "kind": self.kind, "skipped": list(self.skipped)}
-        with atomic_dir(path) as tmp:
-            self.scores.to_parquet(tmp / "scores.parquet", index=False)
-            self.best.to_parquet(tmp / "best.parquet", index=False)
-            (tmp / "token_set_scores.json").write_text(json.dumps(meta, indent=2))
-        return path
+    def summary(self) -> dict[str, Any]:
+        """How many neurons each token set explains best (``best_<set>``), and the largest
+        variance reduction."""
+        out: dict[str, Any] = {
+            "n_neurons": int(len(self.best)),
+            "n_sets": int(self.scores["token_set"].nunique()) if len(self.scores) else 0,
+            "kind": self.kind,
+            "max_var_reduction": float(self.best["var_reduction"].max())
+            if len(self.best)
+            else float("nan"),
+        }
+        for name, count in self.best["best_set"].value_counts().items():
+            out[f"best_{name}"] = int(count)
+        return out
+
+    def plot(self, ax: Any = None) -> Any:
+        """Bar chart: how many neurons each token set explains best."""
+        fig, ax = new_axes(ax, figsize=(6, 4))
+        counts = self.best["best_set"].value_counts()
+        ax.bar(range(len(counts)), counts.to_numpy())
+        ax.set_xticks(range(len(counts)), [str(c) for c in counts.index], rotation=45, ha="right")
+        ax.set_ylabel("neurons (best token set)")
+        return fig
+
+    def _write(self, out: FolderWriter, meta: dict[str, Any]) -> None:
+        out.write_table("scores", self.scores.reset_index(drop=True))
+        out.write_table("best", self.best.reset_index(drop=True))
+        meta.update(kind=self.kind, skipped=list(self.skipped))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> TokenSetScores:
-        """Read a folder written by :meth:`save` (``CorruptCacheError`` if it is not one)."""
-        path = Path(path)
-        fix = "run token_set_scores(...) again and save it, or point to the right folder."
-        with reading_saved(path, "TokenSetScores", fix):
-            meta = json.loads((path / "token_set_scores.json").read_text())
-            if meta.get("format") != _FORMAT:
-                raise ValueError(f"format is {meta.get('format')!r}")
-            scores = pd.read_parquet(path / "scores.parquet")
-            best = pd.read_parquet(path / "best.parquet")
-        return cls(scores, best, meta["kind"], list(meta["skipped"]))
+    def _read(cls, saved: SavedFolder) -> TokenSetScores:
+        return cls(
+            saved.table("scores"),
+            saved.table("best"),
+            str(saved.meta["kind"]),
+            [str(x) for x in saved.meta["skipped"]],
+        )
+
+    @classmethod
+    def _load_fix(cls) -> str:
+        return "run token_set_scores(...) again and save it, or point to the right folder."
 
     def __repr__(self) -> str:
         n_sets = self.scores["token_set"].nunique() if len(self.scores) else 0
@@ -285,7 +306,7 @@ def token_set_scores(
         >>> result.scores.shape, list(result.best.columns[:3])
         ((8, 9), ['layer', 'neuron', 'best_set'])
     """
-    chosen = _layers(model, layers)
+    chosen = resolve_layers(model, layers)
     d_vocab = int(model.cfg.d_vocab)
     masks, universe = _resolve_sets(model, token_sets, tokenizer, d_vocab)
     n_total = int(universe.sum())
@@ -304,7 +325,7 @@ def token_set_scores(
     cols = torch.from_numpy(universe)
 
     frames = []
-    for layer, start, values in _composition_blocks(model, chosen, kind, chunk_size):
+    for layer, start, values in composition_blocks(model, chosen, kind, chunk_size):
         x = values[:, cols]
         # centring per neuron keeps the sums of squares well conditioned
         mu = x.mean(dim=1, keepdim=True)

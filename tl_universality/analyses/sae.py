@@ -719,9 +719,9 @@ def neuron_latent_correlation(
 
 
 def _unit_rows(x: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
-    from tl_universality.analyses.vocab import _safe_inverse
+    from tl_universality.analyses.vocab import safe_inverse
 
-    return x * _safe_inverse(x.norm(dim=1))[:, None]
+    return x * safe_inverse(x.norm(dim=1))[:, None]
 
 
 def _decoder_space(sae: Any, model: HookedModel | None) -> Float[Tensor, "d_sae space"]:
@@ -895,7 +895,7 @@ def sae_unit_stats(
         ((24, 15), 28)
     """
     from tl_universality.analyses.neuron_stats import join_correlation
-    from tl_universality.analyses.vocab import _safe_inverse, direction_vocab_moments
+    from tl_universality.analyses.vocab import direction_vocab_moments, safe_inverse
     from tl_universality.stats.moments import Moments
     from tl_universality.units.activations import stream_activations
 
@@ -919,7 +919,7 @@ def sae_unit_stats(
                 else np.full(d_sae, np.nan)
             ),
             "enc_dec_sim": (
-                (w_enc.T * w_dec).sum(1) * _safe_inverse(enc_norm) * _safe_inverse(dec_norm)
+                (w_enc.T * w_dec).sum(1) * safe_inverse(enc_norm) * safe_inverse(dec_norm)
             ).numpy(),
         }
     )

@@ -39,7 +39,7 @@ _BLOCK_ELEMENTS = 2**23
 """Neurons per block are chosen so that one ``[block, d_vocab]`` float64 matrix is ~64 MiB."""
 
 
-def _layers(model: HookedModel, layers: LayersSpec) -> list[int]:
+def resolve_layers(model: HookedModel, layers: LayersSpec) -> list[int]:
     mlp_hook_names(model)  # raises a clear NoUnitsError for attention-only models
     n_layers = int(model.cfg.n_layers)
     if layers is None:
@@ -51,7 +51,7 @@ def _layers(model: HookedModel, layers: LayersSpec) -> list[int]:
     return chosen
 
 
-def _block_weight(model: HookedModel, layer: int, module: str, name: str) -> Tensor:
+def block_weight(model: HookedModel, layer: int, module: str, name: str) -> Tensor:
     """``model.blocks[layer].<module>.<name>``, else the stacked ``model.<name>[layer]``."""
     try:
         return getattr(getattr(model.blocks[layer], module), name)  # type: ignore[attr-defined]
@@ -61,12 +61,12 @@ def _block_weight(model: HookedModel, layer: int, module: str, name: str) -> Ten
 
 def w_out(model: HookedModel, layer: int) -> Float[Tensor, "d_mlp d_model"]:
     """Output weights of ``layer``'s neurons, one row per neuron, in float64 on the CPU."""
-    return _block_weight(model, layer, "mlp", "W_out").detach().to("cpu", torch.float64)
+    return block_weight(model, layer, "mlp", "W_out").detach().to("cpu", torch.float64)
 
 
 def w_in(model: HookedModel, layer: int) -> Float[Tensor, "d_model d_mlp"]:
     """Input weights of ``layer``'s neurons, one column per neuron, in float64 on the CPU."""
-    return _block_weight(model, layer, "mlp", "W_in").detach().to("cpu", torch.float64)
+    return block_weight(model, layer, "mlp", "W_in").detach().to("cpu", torch.float64)
 
 
 def unembed(model: HookedModel) -> Float[Tensor, "d_model d_vocab"]:
@@ -74,7 +74,7 @@ def unembed(model: HookedModel) -> Float[Tensor, "d_model d_vocab"]:
     return model.W_U.detach().to("cpu", torch.float64)  # type: ignore[attr-defined]
 
 
-def _safe_inverse(norms: Tensor) -> Tensor:
+def safe_inverse(norms: Tensor) -> Tensor:
     # A zero vector has no direction; give it cosine 0 instead of NaN so one dead weight does not
     # poison a whole block (its moments come out as variance 0, skew/kurtosis NaN).
     return torch.where(norms > 0, 1.0 / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
@@ -91,16 +91,16 @@ def _direction_blocks(
         raise ValueError(f"kind must be 'cosine' or 'logit', got {kind!r}.")
     directions = directions.detach().to(W_U.device, torch.float64)
     if kind == "cosine":
-        W_U = W_U * _safe_inverse(W_U.norm(dim=0))
+        W_U = W_U * safe_inverse(W_U.norm(dim=0))
     block = chunk_size or max(1, _BLOCK_ELEMENTS // W_U.shape[1])
     for start in range(0, directions.shape[0], block):
         rows = directions[start : start + block]
         if kind == "cosine":
-            rows = rows * _safe_inverse(rows.norm(dim=1))[:, None]
+            rows = rows * safe_inverse(rows.norm(dim=1))[:, None]
         yield start, rows @ W_U
 
 
-def _composition_blocks(
+def composition_blocks(
     model: HookedModel,
     layers: list[int],
     kind: CompositionKind,
@@ -175,7 +175,7 @@ def vocab_composition(
         >>> comp.shape, bool(comp.abs().max() <= 1 + 1e-6)
         (torch.Size([32, 20]), True)
     """
-    chosen = _layers(model, layers)
+    chosen = resolve_layers(model, layers)
     d_mlp, d_vocab = int(model.cfg.d_mlp), int(model.cfg.d_vocab)
     result = torch.empty(len(chosen) * d_mlp, d_vocab, dtype=dtype)  # filled block by block
     size = result.numel() * result.element_size()
@@ -187,7 +187,7 @@ def vocab_composition(
             stacklevel=2,
         )
     offset = 0  # blocks arrive in unit order
-    for _, _, values in _composition_blocks(model, chosen, kind, chunk_size):
+    for _, _, values in composition_blocks(model, chosen, kind, chunk_size):
         result[offset : offset + values.shape[0]] = values
         offset += values.shape[0]
     return result
@@ -222,7 +222,7 @@ def vocab_moments(
         ((64, 6), ['layer', 'neuron', 'vocab_mean', 'vocab_var', 'vocab_skew', 'vocab_kurt'])
     """
     frames = []
-    for layer in _layers(model, layers):
+    for layer in resolve_layers(model, layers):
         table = direction_vocab_moments(
             model, w_out(model, layer), kind=kind, chunk_size=chunk_size
         )
@@ -265,7 +265,7 @@ def top_tokens(
     """
     from tl_universality.data.token_sets import vocab_strings
 
-    chosen = _layers(model, layer)
+    chosen = resolve_layers(model, layer)
     n_neurons = int(model.cfg.d_mlp)
     if not 0 <= neuron < n_neurons:
         raise IndexError(f"layer {layer} has {n_neurons} neurons, not neuron {neuron}.")
@@ -273,7 +273,7 @@ def top_tokens(
     row = w_out(model, chosen[0])[neuron]
     values = row @ W_U
     if kind == "cosine":
-        values = values * _safe_inverse(W_U.norm(dim=0)) * _safe_inverse(row.norm()[None])
+        values = values * safe_inverse(W_U.norm(dim=0)) * safe_inverse(row.norm()[None])
     elif kind != "logit":
         raise ValueError(f"kind must be 'cosine' or 'logit', got {kind!r}.")
     k = min(int(k), values.shape[0])
@@ -322,7 +322,8 @@ def weight_processing_notes(model: HookedModel, atol: float = 1e-4) -> list[str]
         )
     if norm in ("LN", "LNPre") and has_mlps(model):
         worst = max(
-            float(w_out(model, layer).mean(dim=1).abs().max()) for layer in _layers(model, None)
+            float(w_out(model, layer).mean(dim=1).abs().max())
+            for layer in resolve_layers(model, None)
         )
         if worst > atol:
             notes.append(

@@ -18,7 +18,7 @@ Examples:
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 _NEURON = re.compile(r"^L(\d+)N(\d+)$", re.IGNORECASE)
 _HEAD = re.compile(r"^L(\d+)H(\d+)$", re.IGNORECASE)
@@ -35,17 +35,17 @@ class UnitName(NamedTuple):
     hook: str | None = None
 
 
-def neuron_name(layer: int, neuron: int) -> str:
-    """``L{layer}N{neuron}``."""
+def neuron_name(layer: Any, neuron: Any) -> str:
+    """``L{layer}N{neuron}`` (any integral numbers, e.g. from a DataFrame row)."""
     return f"L{int(layer)}N{int(neuron)}"
 
 
-def head_name(layer: int, head: int) -> str:
+def head_name(layer: Any, head: Any) -> str:
     """``L{layer}H{head}``."""
     return f"L{int(layer)}H{int(head)}"
 
 
-def latent_name(hook: str, latent: int) -> str:
+def latent_name(hook: str, latent: Any) -> str:
     """``{hook}/F{latent}`` for an SAE latent read at ``hook``."""
     return f"{hook}/F{int(latent)}"
 

@@ -194,8 +194,8 @@ class RemoveFromQueryInput:
     def __post_init__(self) -> None:
         if self.head_layer <= self.neuron_layer:
             raise ValueError(
-                f"Head {self.head_layer}.{self.head} reads the residual stream before neuron"
-                f" {self.neuron_layer}.{self.neuron} writes to it; pick a head in a later layer"
+                f"Head L{self.head_layer}H{self.head} reads the residual stream before neuron"
+                f" L{self.neuron_layer}N{self.neuron} writes to it; pick a head in a later layer"
                 f" (head_layer > {self.neuron_layer})."
             )
 
@@ -224,7 +224,7 @@ class RemoveFromQueryInput:
             if "act" not in recorded:
                 raise HookError(
                     f"{hook.name} fired before the activation of neuron"
-                    f" {self.neuron_layer}.{neuron} was recorded."
+                    f" L{self.neuron_layer}N{neuron} was recorded."
                 )
             contribution = recorded.pop("act")[..., None] * w_out.to(q_input)
             out = q_input.clone()
