@@ -1,7 +1,8 @@
 """Explore seed-family settings: which small CPU-trainable family shows universal neurons?
 
 For each candidate setting this trains (or loads from the cache) a seed family with
-:func:`tl_universality.data.seeds.train_seed_family` and measures universality as METHOD.md §1.1
+:func:`tl_universality.data.seeds.train_seed_family` and measures universality as docs/concepts.md,
+"Universality"
 defines
 it, with a few lines of torch instead of the project's streaming engine:
 

@@ -7,7 +7,8 @@ training
 split) and measures on the held-out split, with the project's correlation engine:
 
 - neurons: every MLP neuron (``mlp.hook_post``, all layers) of seed 0 against the other seeds,
-  the paper's analysis (METHOD.md §1.1): ``excess_corr = mean_m max_corr_m − mean_m baseline_m``
+  the paper's analysis (docs/concepts.md, "Universality"): ``excess_corr = mean_m max_corr_m −
+  mean_m baseline_m``
   with the rotation baseline; universal iff > 0.5;
 - latents: every SAE latent of seed 0's SAE against the other seeds' SAEs, the same statistic
   (:func:`tl_universality.analyses.sae.latent_universality`);

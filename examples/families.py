@@ -1,7 +1,7 @@
 """Neuron families of the universal neurons of the offline seed family (no network needed).
 
 Trains (or loads from the cache) a seed family, correlates seed 0's neurons with the other seeds',
-explains the universal ones by exact variance reduction over token-level features (METHOD.md
+explains the universal ones by exact variance reduction over token-level features (docs/concepts.md
 §1.3), labels each with a family, and prints the family counts per layer and three example
 neurons per family with their top features.
 

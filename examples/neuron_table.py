@@ -24,7 +24,8 @@ from tl_universality.analyses.roles import role_counts
 from tl_universality.analyses.vocab import top_tokens
 from tl_universality.data.seeds import train_seed_family
 
-# The paper's claims (METHOD.md section 1.2): universal neurons fire more sparsely, have
+# The paper's claims (docs/concepts.md, "The neuron table"): universal neurons fire more sparsely,
+have
 # heavier-tailed activations and larger weight norms. Sign of (universal - other) it expects.
 EXPECTED_DIRECTION = {
     "act_freq": -1,

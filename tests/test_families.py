@@ -1,6 +1,6 @@
 """Variance-reduction explanations and family labels.
 
-Oracles: the METHOD.md formula computed with a pandas groupby on activations cached by
+Oracles: the docs/concepts.md formula computed with a pandas groupby on activations cached by
 ``run_with_cache``; neurons planted with known functions of the input (overwritten through a
 permanent hook, read back through the normal streaming path); one batch vs many.
 """

@@ -1,4 +1,4 @@
-"""Attention (BOS) deactivation neurons (METHOD.md section 1.4).
+"""Attention (BOS) deactivation neurons (docs/concepts.md, "Circuit roles").
 
 A head that has nothing to do parks its attention on the BOS token. A neuron whose output pushes a
 later head's query towards the BOS key switches that head off: the paper's attention deactivation

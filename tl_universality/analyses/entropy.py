@@ -1,11 +1,13 @@
-"""Entropy neurons (METHOD.md section 1.4): a large output norm, hardly any direct logit effect.
+"""Entropy neurons (docs/concepts.md, "Circuit roles"): a large output norm, hardly any direct
+logit effect.
 
 An entropy neuron writes into directions the unembedding barely reads (the span of ``W_U``'s
 smallest singular directions). It changes the logits mainly by changing the norm of the residual
 stream, hence the final LayerNorm scale, hence the temperature of the next-token distribution.
 
 - :func:`entropy_neuron_scores` ranks candidates from the weights alone: each neuron's output norm
-  ``w_out_norm``, its vocabulary variance ``vocab_var`` (METHOD.md section 1.2) and the share of
+  ``w_out_norm``, its vocabulary variance ``vocab_var`` (docs/concepts.md, "The neuron table") and
+  the share of
   ``‖w_out‖²`` in the unembedding's near-null space.
 - :func:`entropy_intervention` is the causal test: fix a neuron's activation to a range of values at
   every position and measure the mean next-token entropy, loss, reciprocal rank of the true next

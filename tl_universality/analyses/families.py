@@ -1,4 +1,5 @@
-"""Neuron families: which token-level feature explains each neuron (METHOD.md §1.3).
+"""Neuron families: which token-level feature explains each neuron (docs/concepts.md, "Neuron
+families").
 
 A neuron is explained by the binary feature that accounts for most of its activation variance,
 

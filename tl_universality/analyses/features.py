@@ -1,4 +1,5 @@
-"""Feature tables over a token stream, and the catalogue of neuron families (METHOD.md §1.3).
+"""Feature tables over a token stream, and the catalogue of neuron families (docs/concepts.md,
+"Neuron families").
 
 A *feature* is a named boolean column over the tokens of a stream ("the current token is
 ``the``", "the previous token starts with a space", "position >= 32", "a parser says this token
@@ -872,7 +873,8 @@ def default_features(
     seq_len: int | None = None,
     max_tokens: int | None = None,
 ) -> FeatureSet:
-    """The paper's feature table (METHOD.md §1.3) for a vocabulary and a token stream.
+    """The paper's feature table (docs/concepts.md, "Neuron families") for a vocabulary and a token
+    stream.
 
     Current-token token sets (every registered one that has a token in this vocabulary), unigrams
     for the ``n_unigrams`` most frequent normalised tokens of the stream, previous-token versions

@@ -1,6 +1,7 @@
 """The neuron table: one row of weight, vocabulary and activation statistics per MLP neuron.
 
-This is the paper's second step (METHOD.md §1.2): characterise every neuron so that universal
+This is the paper's second step (docs/concepts.md, "The neuron table"): characterise every neuron
+so that universal
 neurons can be compared with the rest (they fire more sparsely, have heavier-tailed activations
 and larger weight norms). :func:`neuron_stats` builds the table, optionally streaming exact
 activation moments over a token source and joining a correlation result;
@@ -373,7 +374,10 @@ def weight_cosines(
     return vectors(layer_a, first) @ vectors(layer_b, second).T
 
 
-#: Neuron properties the paper contrasts between universal and other neurons (METHOD.md §1.2).
+#: Neuron properties the paper contrasts between universal and other neurons (docs/concepts.md,
+"The
+neuron
+table").
 CONTRAST_PROPERTIES = (
     "act_freq",
     "post_kurt",

@@ -1,6 +1,7 @@
 """Functional roles read from the vocabulary: prediction, suppression and partition neurons.
 
-METHOD.md §1.4: a neuron whose ``w_out`` has a heavy-tailed vocabulary composition singles out a
+docs/concepts.md, "Circuit roles": a neuron whose ``w_out`` has a heavy-tailed vocabulary
+composition singles out a
 small token set. With positive skew it raises those tokens' logits (a *prediction* neuron), with
 negative skew it lowers them (a *suppression* neuron); a neuron whose composition has a large
 variance without a heavy tail splits the vocabulary in two (a *partition* neuron, e.g. tokens with
@@ -55,7 +56,7 @@ def prediction_neurons(
 ) -> pd.DataFrame:
     """Label every neuron prediction / suppression / partition / none from its vocabulary moments.
 
-    Rules, in order (the paper's defaults, METHOD.md §1.4):
+    Rules, in order (the paper's defaults, docs/concepts.md, "Circuit roles"):
 
     1. ``vocab_kurt > kurt_threshold`` (default 10; a Gaussian has 3) and ``vocab_skew > 0``:
        ``"prediction"``; with ``vocab_skew < 0``: ``"suppression"``.

@@ -3,8 +3,9 @@
 A neuron writes ``act * w_out`` into the residual stream; through the unembedding that adds
 ``act * (w_out · W_U[:, v])`` to the logit of every token ``v``. The paper summarises the
 distribution of ``c_v = cos(w_out, W_U[:, v])`` over the vocabulary by its population moments
-(METHOD.md §1.2): a high kurtosis means the neuron singles out a small token set (prediction if the
-skew is positive, suppression if negative, §1.4), a high variance means it splits the vocabulary.
+(docs/concepts.md, "The neuron table"): a high kurtosis means the neuron singles out a small token
+set (prediction if the
+skew is positive, suppression if negative), a high variance means it splits the vocabulary.
 
 Weights are read as the model holds them; the statistics assume TransformerLens's processed
 weights (``fold_ln=True, center_writing_weights=True, center_unembed=True``, the defaults of

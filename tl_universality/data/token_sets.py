@@ -1,6 +1,7 @@
 """Named token sets: boolean masks over a tokenizer's vocabulary, built from the token strings.
 
-The paper explains neurons with token-level features (METHOD.md §1.3) and tests whether late
+The paper explains neurons with token-level features (docs/concepts.md, "Neuron families") and
+tests whether late
 neurons raise or lower the logits of a token *set* (§1.4). Both need the same sets: tokens that
 start with a space, are capitalised, are a year, a month, a pronoun, ... . This module keeps them
 in one registry of predicates on the decoded token string, so the families analysis and the

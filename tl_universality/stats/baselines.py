@@ -1,7 +1,8 @@
 """Chance baselines for max-correlation, derived from statistics: no extra forward pass.
 
 How large would a neuron's best correlation with another model be if the other model's neurons
-were not privileged directions at all? METHOD.md §1.1 answers with a random per-layer mix ``R`` of
+were not privileged directions at all? docs/concepts.md, "Universality" answers with a random
+per-layer mix ``R`` of
 the other model's units: the "neurons" ``z = R y`` span the same space as ``y`` but are arbitrary
 directions in it. A linear mix needs no new activations:
 

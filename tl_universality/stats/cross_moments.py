@@ -1,4 +1,5 @@
-"""Streaming sufficient statistics for correlating two unit sets: the engine of METHOD.md §1.1.
+"""Streaming sufficient statistics for correlating two unit sets: the engine of docs/concepts.md,
+"Universality".
 
 :class:`CrossMoments` accumulates, over a token stream, everything needed for the Pearson
 correlation of every unit of a set A (``a`` units, e.g. the reference model's neurons) with every

@@ -2,7 +2,8 @@
 
 Each intervention has a ``hook_name`` (the hook point it changes) and ``fwd_hooks()``, which returns
 the ``[(name, fn)]`` list that ``model.hooks(fwd_hooks=...)`` and ``model.run_with_hooks(...)``
-take, so the causal tests of the paper (METHOD.md section 1.4) are also building blocks for your own
+take, so the causal tests of the paper (docs/concepts.md, "Circuit roles") are also building blocks
+for your own
 experiments:
 
 - :class:`FixNeuron`: set one MLP neuron's activation (``blocks.{l}.mlp.hook_post``) to a value

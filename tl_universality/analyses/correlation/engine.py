@@ -96,7 +96,8 @@ def correlate(
     progress: bool = True,
     callback: Callable[[CorrelationProgress], None] | None = None,
 ) -> CorrelationResult | list[CorrelationResult]:
-    """Correlate every unit of ``model`` with every unit of each of ``others`` (METHOD.md §1.1).
+    """Correlate every unit of ``model`` with every unit of each of ``others`` (docs/concepts.md,
+    "Universality").
 
     One pass over ``tokens`` runs each model once per batch and accumulates exact streaming
     statistics (:class:`~tl_universality.stats.cross_moments.CrossMoments`); the baseline comes
