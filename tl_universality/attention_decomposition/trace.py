@@ -95,9 +95,7 @@ def as_head(model: HookedModel, spec: Any) -> tuple[int, int]:
     try:
         layer, head = spec
     except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"roots holds {spec!r}: name a head as 'L1H3' or (1, 3)."
-        ) from err
+        raise ValueError(f"roots holds {spec!r}: name a head as 'L1H3' or (1, 3).") from err
     return check_head(model, layer, head)
 
 
@@ -449,7 +447,9 @@ def _edges(contributions: pd.DataFrame) -> pd.DataFrame:
     return edges[EDGE_COLUMNS].astype({"n_query": "int64", "n_key": "int64"})
 
 
-def _nodes(heads: list[tuple[int, int]], firings: pd.DataFrame, edges: pd.DataFrame) -> pd.DataFrame:
+def _nodes(
+    heads: list[tuple[int, int]], firings: pd.DataFrame, edges: pd.DataFrame
+) -> pd.DataFrame:
     names = {head_name(*h) for h in heads} | set(edges["source"]) | set(edges["target"])
     n_firings = firings.groupby("node").size() if len(firings) else pd.Series(dtype="int64")
     n_in = edges.groupby("target").size() if len(edges) else pd.Series(dtype="int64")
