@@ -170,6 +170,16 @@ def augmented_residual(
 # -- the selection rule ------------------------------------------------------------------------
 
 
+def check_share(value: float, name: str) -> float:
+    """``value`` as a float in (0, 1], or a ``ValueError`` naming ``name``."""
+    if not 0 < float(value) <= 1:
+        raise ValueError(
+            f"{name}={value!r} must be in (0, 1]: the share of the total the selected prefix must"
+            " reach (1.0 = all of it)."
+        )
+    return float(value)
+
+
 def select_prefix(
     terms: Float[Tensor, "... k"], threshold: float = 1.0, total: Tensor | None = None
 ) -> Bool[Tensor, "... k"]:
@@ -189,11 +199,7 @@ def select_prefix(
         >>> select_prefix(torch.tensor([4.0, 1.0, -1.0]), threshold=0.7).tolist()
         [True, False, False]
     """
-    if not 0 < float(threshold) <= 1:
-        raise ValueError(
-            f"threshold={threshold!r} must be in (0, 1]: the share of the total the selected"
-            " prefix must reach (1.0 = the whole score)."
-        )
+    check_share(threshold, "threshold")
     terms = terms.to(torch.float64)
     if total is None:
         total = terms.sum(-1)
@@ -400,6 +406,7 @@ __all__ = [
     "PositionSpec",
     "as_tokens",
     "augmented_residual",
+    "check_share",
     "decompose_attention",
     "direction_projections",
     "select_prefix",

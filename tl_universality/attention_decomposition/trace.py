@@ -47,6 +47,7 @@ from tl_universality.attention_decomposition.decompose import (
     PositionSpec,
     as_tokens,
     augmented_residual,
+    check_share,
     positions,
     residual_hooks,
     select_prefix,
@@ -316,8 +317,8 @@ def trace_circuit(
         raise ValueError(f"min_attention={min_attention!r} must be a probability in [0, 1].")
     if max_depth is not None and int(max_depth) < 0:
         raise ValueError(f"max_depth={max_depth!r} must be >= 0 (or None for no limit).")
-    select_prefix(torch.ones(1), threshold)  # validates threshold
-    select_prefix(torch.ones(1), edge_share)  # and edge_share, with the same message
+    check_share(threshold, "threshold")
+    check_share(edge_share, "edge_share")
     chosen = as_neurons(model, neurons)
     ids = as_tokens(model, tokens)
     batch, n_pos = ids.shape
