@@ -221,7 +221,8 @@ class SignalIntervention(Result):
 
     def summary(self) -> dict[str, Any]:
         """Event count and the mean score change of each (mode, projection, subspace)."""
-        out: dict[str, Any] = {"n_events": int(len(self.table) // 8) if len(self.table) else 0}
+        event = ["source", "target", "side", "prompt", "dest", "src", "position"]
+        out: dict[str, Any] = {"n_events": int(len(self.table[event].drop_duplicates()))}
         for (mode, proj, sub), part in self.table.groupby(["mode", "projection", "subspace"]):
             out[f"score_change_{mode}_{proj}_{sub}"] = float(part["score_change"].mean())
         return out
