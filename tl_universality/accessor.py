@@ -23,6 +23,10 @@ from tl_universality.analyses import neuron_stats as neuron_stats_module
 from tl_universality.analyses import roles as roles_module
 from tl_universality.analyses import sae as sae_module
 from tl_universality.analyses import vocab as vocab_module
+from tl_universality.attention_decomposition import decompose as decompose_module
+from tl_universality.attention_decomposition import intervene as intervene_module
+from tl_universality.attention_decomposition import svd as svd_module
+from tl_universality.attention_decomposition import trace as trace_module
 from tl_universality.core.errors import AccessorError
 from tl_universality.units import activations as activations_module
 
@@ -164,6 +168,12 @@ class UniversalityAccessor:
     entropy_intervention = _delegate(entropy_module.entropy_intervention)
     attention_deactivation_scores = _delegate(attention_module.attention_deactivation_scores)
     path_ablation = _delegate(attention_module.path_ablation)
+
+    # Sparse attention decomposition and circuit tracing (docs/attention_decomposition.md)
+    attention_svd = _delegate(svd_module.attention_svd)
+    decompose_attention = _delegate(decompose_module.decompose_attention)
+    trace_circuit = _delegate(trace_module.trace_circuit)
+    intervene_on_signal = _delegate(intervene_module.intervene_on_signal)
 
     # SAE latents as units
     neuron_latent_correlation = _delegate(sae_module.neuron_latent_correlation)

@@ -204,6 +204,14 @@ def cmd_roles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from tl_universality.attention_decomposition.cli import run_trace
+
+    return run_trace(args, load_models(args.models[:1], family=None if args.models else
+                                       args.family, device=args.device, progress=not args.quiet)[0],
+                     _tokens(args))  # fmt: skip
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     page = report.build_report(args.dir)
     print(f"report: {page}")
@@ -317,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, tokens=False)
     p.add_argument("--top", type=int, default=10, help="candidates to print")
     p.set_defaults(func=cmd_roles)
+
+    p = sub.add_parser("trace", help="trace head-to-head communication (sparse attention decomp.)")
+    _models(p)
+    _common(p)
+    from tl_universality.attention_decomposition.cli import add_trace_arguments
+
+    add_trace_arguments(p)
+    p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("report", help="write the HTML report of a results folder")
     p.add_argument("dir", help="a results folder (the --out of the other commands)")
