@@ -25,8 +25,7 @@ from tl_universality.analyses.vocab import top_tokens
 from tl_universality.data.seeds import train_seed_family
 
 # The paper's claims (docs/concepts.md, "The neuron table"): universal neurons fire more sparsely,
-have
-# heavier-tailed activations and larger weight norms. Sign of (universal - other) it expects.
+# have heavier-tailed activations and larger weight norms. Sign of (universal - other) it expects.
 EXPECTED_DIRECTION = {
     "act_freq": -1,
     "kurt": +1,

@@ -374,10 +374,8 @@ def weight_cosines(
     return vectors(layer_a, first) @ vectors(layer_b, second).T
 
 
-#: Neuron properties the paper contrasts between universal and other neurons (docs/concepts.md,
-"The
-neuron
-table").
+#: Neuron properties the paper contrasts between universal and other neurons
+#: (docs/concepts.md, "The neuron table").
 CONTRAST_PROPERTIES = (
     "act_freq",
     "post_kurt",
