@@ -19,6 +19,7 @@ from tl_universality.data.seeds import (
     load_seed_model,
     train_seed_family,
 )
+from tl_universality.data.seeds import family as family_module
 
 # No progress bars; one thread (see the tiny_family fixture in conftest.py).
 QUIET = {"progress": False, "num_threads": 1}
@@ -36,13 +37,13 @@ def family_copy(tiny_family, tmp_path):
 def count_training(monkeypatch):
     """Counts the seeds that get trained (wrapping the real training function)."""
     calls: list[int] = []
-    real = seeds._train_one
+    real = family_module.train_one
 
     def counting(config, seed, *args, **kwargs):
         calls.append(seed)
         return real(config, seed, *args, **kwargs)
 
-    monkeypatch.setattr(seeds, "_train_one", counting)
+    monkeypatch.setattr(family_module, "train_one", counting)
     return calls
 
 
@@ -59,7 +60,7 @@ def fake_training(monkeypatch):
         record = {"seed": seed, "held_out_loss": 9.0, "train_seconds": 0.0}
         return HookedTransformer(cfg, tokenizer=tokenizer), record
 
-    monkeypatch.setattr(seeds, "_train_one", fake)
+    monkeypatch.setattr(family_module, "train_one", fake)
     return calls
 
 
@@ -119,7 +120,7 @@ def test_batch_order_is_shared_and_covers_epochs():
 
 def test_lr_schedule_warms_up_then_decays():
     config = PRESETS["tiny"].replace(steps=100, warmup=10, min_lr_ratio=0.1)
-    f = seeds._lr_lambda(config)
+    f = seeds.lr_lambda(config)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1)
     assert all(f(s) >= f(s + 1) for s in range(10, 100))

@@ -1,0 +1,78 @@
+"""Token-level features and the catalogue of neuron families (docs/concepts.md, "Neuron
+families")."""
+
+from tl_universality.analyses.features.catalogue import (
+    ALPHABET,
+    BUILTIN_FAMILIES,
+    NO_FAMILY,
+    POSITION,
+    PREVIOUS_TOKEN,
+    SEMANTIC,
+    SYNTAX,
+    TOKEN_PROPERTY,
+    UNIGRAM,
+    Family,
+    family_thresholds,
+    get_family,
+    list_families,
+    register_family,
+    token_set_family,
+    unregister_family,
+)
+from tl_universality.analyses.features.context import (
+    FeatureContext,
+    normalise_token,
+)
+from tl_universality.analyses.features.groups import (
+    FeatureGroup,
+    IndicatorGroup,
+    LabelFeatures,
+    PartitionGroup,
+    PositionFeatures,
+    TokenSetFeatures,
+    UnigramFeatures,
+    UserFeature,
+    UserValues,
+    most_frequent_unigrams,
+)
+from tl_universality.analyses.features.table import (
+    FeatureBatch,
+    FeatureSet,
+    default_features,
+    token_frequencies,
+)
+
+__all__ = [
+    "ALPHABET",
+    "BUILTIN_FAMILIES",
+    "Family",
+    "FeatureBatch",
+    "FeatureContext",
+    "FeatureGroup",
+    "FeatureSet",
+    "IndicatorGroup",
+    "LabelFeatures",
+    "NO_FAMILY",
+    "POSITION",
+    "PREVIOUS_TOKEN",
+    "PartitionGroup",
+    "PositionFeatures",
+    "SEMANTIC",
+    "SYNTAX",
+    "TOKEN_PROPERTY",
+    "TokenSetFeatures",
+    "UNIGRAM",
+    "UnigramFeatures",
+    "UserFeature",
+    "UserValues",
+    "default_features",
+    "family_thresholds",
+    "get_family",
+    "list_families",
+    "most_frequent_unigrams",
+    "normalise_token",
+    "register_family",
+    "token_frequencies",
+    "token_set_family",
+    "unregister_family",
+]

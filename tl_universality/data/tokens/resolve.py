@@ -1,0 +1,124 @@
+"""The one way from what a user passes as ``tokens`` to a token source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from tl_universality.core.errors import SequenceTooLongError
+from tl_universality.data.tokens.sources import TensorTokenSource, TokenSource
+from tl_universality.data.tokens.text import (
+    DefaultCorpusSource,
+    HFDatasetSource,
+    JsonlSource,
+    ParquetSource,
+    TextFileSource,
+)
+
+
+def as_token_source(
+    tokens: Any = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    seq_len: int = 128,
+    max_tokens: int | None = None,
+    text_field: str = "text",
+    split: str = "train",
+    bos_token_id: int | None = None,
+    prepend_bos: bool = False,
+) -> TokenSource:
+    """Turn whatever a user passed as "the tokens" into a :class:`TokenSource`.
+
+    Accepted:
+
+    - a :class:`TokenSource`: returned as is (``max_tokens`` still applies);
+    - a ``torch.Tensor``: 2-D rows (width = ``seq_len``) or a 1-D stream (see
+      :class:`TensorTokenSource`); the BOS id is ``bos_token_id`` or the tokenizer's;
+    - a path ending in ``.txt``, ``.jsonl`` or ``.parquet`` (text, needs a tokenizer);
+    - a folder (local data files or a ``save_to_disk`` dataset) or any other string: a Hugging
+      Face dataset, streamed;
+    - ``None`` or ``"default"``: the embedded default corpus (default tokenizer if none given).
+
+    Args:
+        tokens: What to read.
+        tokenizer: Tokenizer for text (usually ``model.tokenizer``).
+        seq_len: Tokens per sequence, BOS included (ignored for 2-D tensors and TokenSources).
+        max_tokens: Stop after this many tokens (whole sequences).
+        text_field: Field/column holding the text (JSONL, parquet, datasets).
+        split: Dataset split (Hugging Face datasets).
+        bos_token_id: BOS id for tensors, when there is no tokenizer.
+        prepend_bos: Prepend BOS to the rows of a 2-D tensor.
+
+    Examples:
+        >>> import torch
+        >>> src = as_token_source(torch.tensor([[0, 1, 2], [0, 3, 4]]), bos_token_id=0)
+        >>> src.n_tokens
+        6
+        >>> as_token_source(torch.tensor([[0, 1, 2]]), bos_token_id=0, max_tokens=3).n_sequences
+        1
+    """
+    source: TokenSource
+    if isinstance(tokens, TokenSource):
+        source = tokens
+    elif isinstance(tokens, Tensor):
+        if bos_token_id is None:
+            if tokenizer is None or tokenizer.bos_token_id is None:
+                raise ValueError(
+                    "A token tensor needs the BOS id. Fix: pass tokenizer=model.tokenizer or "
+                    "bos_token_id=..."
+                )
+            bos_token_id = tokenizer.bos_token_id
+        source = TensorTokenSource(
+            tokens, int(bos_token_id), seq_len=seq_len, prepend_bos=prepend_bos
+        )
+    elif tokens is None or (isinstance(tokens, str) and tokens == "default"):
+        source = DefaultCorpusSource(tokenizer, seq_len=seq_len)
+    elif isinstance(tokens, str | Path):
+        path = Path(tokens)
+        suffix = path.suffix.lower()
+        if suffix in {".txt", ".jsonl", ".parquet"}:
+            if not path.is_file():
+                raise FileNotFoundError(f"No such token file: {path}.")
+            if suffix == ".txt":
+                source = TextFileSource(path, tokenizer, seq_len=seq_len)
+            elif suffix == ".jsonl":
+                source = JsonlSource(path, tokenizer, seq_len=seq_len, text_field=text_field)
+            else:
+                source = ParquetSource(path, tokenizer, seq_len=seq_len, text_field=text_field)
+        else:
+            source = HFDatasetSource(
+                tokens, tokenizer, seq_len=seq_len, split=split, text_field=text_field
+            )
+    else:
+        raise TypeError(
+            f"Cannot make a token source from {type(tokens).__name__}. Pass a TokenSource, a "
+            f"tensor of ids, a .txt/.jsonl/.parquet path, a dataset name, or None (default corpus)."
+        )
+    if max_tokens is not None:
+        source = source.limit(max_tokens)
+    return source
+
+
+def check_fits(source: TokenSource, model: Any) -> None:
+    """Raise :class:`SequenceTooLongError` if the sequences are longer than ``model.cfg.n_ctx``.
+
+    Examples:
+        >>> import torch, types
+        >>> src = TensorTokenSource(torch.zeros(1, 8, dtype=torch.long), 0)
+        >>> check_fits(src, types.SimpleNamespace(cfg=types.SimpleNamespace(n_ctx=8)))
+        >>> short = types.SimpleNamespace(cfg=types.SimpleNamespace(n_ctx=4))
+        >>> check_fits(src, short)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        tl_universality.core.errors.SequenceTooLongError: Token source ... n_ctx=4. Fix: ...
+    """
+    n_ctx = model.cfg.n_ctx
+    if source.seq_len > n_ctx:
+        raise SequenceTooLongError(
+            f"Token source {source.name} has sequences of {source.seq_len} tokens but the model's "
+            f"context is n_ctx={n_ctx}. Fix: build the source with seq_len={n_ctx} (or less), "
+            f"e.g. as_token_source(..., seq_len={n_ctx})."
+        )
