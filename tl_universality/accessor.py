@@ -24,6 +24,7 @@ from tl_universality.analyses import roles as roles_module
 from tl_universality.analyses import sae as sae_module
 from tl_universality.analyses import vocab as vocab_module
 from tl_universality.core.errors import AccessorError
+from tl_universality.flow import graph as flow_module
 from tl_universality.units import activations as activations_module
 
 AccessorT = TypeVar("AccessorT")
@@ -164,6 +165,9 @@ class UniversalityAccessor:
     entropy_intervention = _delegate(entropy_module.entropy_intervention)
     attention_deactivation_scores = _delegate(attention_module.attention_deactivation_scores)
     path_ablation = _delegate(attention_module.path_ablation)
+
+    # Flow graphs of one forward pass (docs/flow_graphs.md)
+    flow_graph = _delegate(flow_module.flow_graph)
 
     # SAE latents as units
     neuron_latent_correlation = _delegate(sae_module.neuron_latent_correlation)

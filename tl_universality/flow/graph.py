@@ -43,8 +43,9 @@ Examples:
     >>> graph = flow_graph(HookedTransformer(cfg), [0, 5, 7, 3], heads=2, neurons=(3, 1))
     >>> graph.summary()["n_nodes"], graph.summary()["n_edges"]
     (31, 48)
-    >>> graph.nodes.query("kind == 'head'")["id"].tolist()[:2]
-    ['L0H1', 'L0H0']
+    >>> final = graph.nodes.set_index("id").loc["L1.resid_post"]  # the model's own output
+    >>> int(final["target_rank"]), graph.meta["target_source"]
+    (1, 'prediction')
 """
 
 from __future__ import annotations

@@ -223,7 +223,7 @@ def read_vectors(
     return pd.DataFrame(rows, columns=list(READING_COLUMNS))
 
 
-def resolve_target(model: HookedModel, target: int | str | None, argument: str = "target") -> int:
+def resolve_target(model: HookedModel, target: Any, argument: str = "target") -> int:
     """A token id from an id or a string that is exactly one token; errors name the fix.
 
     Examples:
