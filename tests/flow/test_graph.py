@@ -80,8 +80,14 @@ def _vector(model, cache, graph, node):
     """Recompute a node's vector independently of the graph code."""
     p, layer, kind = int(node.position), int(node.layer), node.kind
     b = f"blocks.{layer}"
-    hooks = {"resid_pre": "hook_resid_pre", "source": "hook_resid_pre", "resid_mid": "hook_resid_mid",
-             "resid_post": "hook_resid_post", "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out"}  # fmt: skip
+    hooks = {
+        "resid_pre": "hook_resid_pre",
+        "source": "hook_resid_pre",
+        "resid_mid": "hook_resid_mid",
+        "resid_post": "hook_resid_post",
+        "attn_out": "hook_attn_out",
+        "mlp_out": "hook_mlp_out",
+    }
     if kind in hooks:
         return cache[f"{b}.{hooks[kind]}"][0, p]
     if kind == "head":
@@ -90,30 +96,40 @@ def _vector(model, cache, graph, node):
         return (
             cache[f"{b}.mlp.hook_post"][0, p, node.unit] * model.blocks[layer].mlp.W_out[node.unit]
         )
+    if kind == "bias":
+        block = model.blocks[layer]
+        return block.attn.b_O if node.id.endswith("attn_bias") else block.mlp.b_out
     assert kind == "rest"
+    with_bias = not graph.meta["include_biases"]
     kept = graph.nodes[(graph.nodes["layer"] == layer)]
     if node.id.endswith("attn_rest"):
         heads = kept[kept["kind"] == "head"]["unit"]
         z = cache[f"{b}.attn.hook_z"][0, p]
         W_O = model.blocks[layer].attn.W_O
-        return cache[f"{b}.hook_attn_out"][0, p] - sum(z[h] @ W_O[h] for h in heads)
+        rest = cache[f"{b}.hook_attn_out"][0, p] - sum(z[h] @ W_O[h] for h in heads)
+        return rest if with_bias else rest - model.blocks[layer].attn.b_O
     neurons = kept[kept["kind"] == "neuron"]["unit"]
     acts = cache[f"{b}.mlp.hook_post"][0, p]
     W_out = model.blocks[layer].mlp.W_out
-    return cache[f"{b}.hook_mlp_out"][0, p] - sum(acts[n] * W_out[n] for n in neurons)
+    rest = cache[f"{b}.hook_mlp_out"][0, p] - sum(acts[n] * W_out[n] for n in neurons)
+    return rest if with_bias else rest - model.blocks[layer].mlp.b_out
 
 
-@pytest.mark.parametrize("position", [-1, 3])
-def test_every_top_token_is_the_argmax_of_the_logit_lens(model, cache, position):
+@pytest.mark.parametrize("position,biases", [(-1, False), (3, False), (6, True)])
+def test_every_top_token_is_the_argmax_of_the_logit_lens(model, cache, position, biases):
     _, cache = cache
-    graph = flow_graph(model, PROMPT, position=position, heads=3, neurons=(4, 2), top_k=3)
+    graph = flow_graph(model, PROMPT, position=position, heads=3, neurons=(4, 2), top_k=3,
+                       include_biases=biases)  # fmt: skip
     kinds = set(graph.nodes["kind"])
     assert {"resid_pre", "head", "neuron", "source", "rest", "attn_out", "mlp_out"} <= kinds
+    assert ("bias" in kinds) == biases
     with torch.no_grad():
         for node in graph.nodes.itertuples():
             v = _vector(model, cache, graph, node)
             logits = model.ln_final(v[None])[0] @ model.W_U + model.b_U
-            assert node.top_ids[0] == int(logits.argmax()), node.id
+            # (a zero bias at init reads as all-equal logits: any of the tied tokens is the top)
+            tied = (logits == logits.max()).nonzero()[:, 0].tolist()
+            assert node.top_ids[0] == int(logits.argmax()) or node.top_ids[0] in tied, node.id
             assert node.norm == pytest.approx(float(v.norm()), rel=1e-4, abs=1e-6)
             probs = logits.softmax(-1)
             assert node.target_prob == pytest.approx(float(probs[graph.meta["target"]]), rel=1e-4)

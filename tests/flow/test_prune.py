@@ -32,8 +32,12 @@ def test_count_budgets_keep_exactly_that_many(model, heads, neurons):
         assert (pruned["kind"] == "neuron").sum() == d_mlp - kept_neurons
         drawn = set(at.loc[at["kind"].isin(["head", "neuron"]), "id"])
         assert drawn.isdisjoint(set(pruned["name"]))
-        rest = at.set_index("id")
-        assert rest.loc[f"L{layer}.mlp_rest", "n_units"] == d_mlp - kept_neurons
+        ids = at.set_index("id")
+        if kept_neurons < d_mlp:  # the pruned neurons and the bias, summed into one node
+            assert ids.loc[f"L{layer}.mlp_rest", "n_units"] == d_mlp - kept_neurons
+            assert f"L{layer}.mlp_bias" not in ids.index
+        else:  # nothing pruned: only the bias is left
+            assert f"L{layer}.mlp_rest" not in ids.index and f"L{layer}.mlp_bias" in ids.index
 
 
 def test_top_and_bottom_neurons_are_the_extremes(model):

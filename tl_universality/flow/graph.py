@@ -395,27 +395,10 @@ def _build(
             )
             for h in rest
         ]
+        pruned_sum = outs[rest].sum(0) if rest else torch.zeros_like(attn_out)
         b_O = model.b_O[layer]  # type: ignore[attr-defined]
-        remainder = outs[rest].sum(0) if rest else torch.zeros_like(attn_out)
-        if not include_biases:
-            remainder = remainder + b_O
-        if rest or not include_biases:
-            rid = b.node(
-                remainder,
-                p,
-                id=f"L{layer}.attn_rest",
-                kind="rest",
-                layer=layer,
-                column=col + 1,
-                unit=-1,
-                n_units=len(rest),
-            )
-            b.edge(rid, attn_id, "head", remainder, attn_out, layer)
-        if include_biases:
-            bid = b.node(
-                b_O, p, id=f"L{layer}.attn_bias", kind="bias", layer=layer, column=col + 1, unit=-1
-            )
-            b.edge(bid, attn_id, "head", b_O, attn_out, layer)
+        _rest_and_bias(b, p, layer, "attn", col + 1, pruned_sum, len(rest), b_O, include_biases,
+                       attn_id, attn_out, "head")  # fmt: skip
         b.node(attn_out, p, id=attn_id, kind="attn_out", layer=layer, column=col + 2, unit=-1)
         x_mid = cache[f"{block}.hook_resid_mid"][0, p]
         mid_id = b.node(
@@ -489,26 +472,8 @@ def _build(
             for n in rest_idx.tolist()
         ]
         b_out = model.b_out[layer]  # type: ignore[attr-defined]
-        remainder = values[rest_mask].sum(0)
-        if not include_biases:
-            remainder = remainder + b_out
-        if len(rest_idx) or not include_biases:
-            rid = b.node(
-                remainder,
-                p,
-                id=f"L{layer}.mlp_rest",
-                kind="rest",
-                layer=layer,
-                column=col + 4,
-                unit=-1,
-                n_units=len(rest_idx),
-            )
-            b.edge(rid, mlp_id, "neuron", remainder, mlp_out, layer)
-        if include_biases:
-            bid = b.node(
-                b_out, p, id=f"L{layer}.mlp_bias", kind="bias", layer=layer, column=col + 4, unit=-1
-            )
-            b.edge(bid, mlp_id, "neuron", b_out, mlp_out, layer)
+        _rest_and_bias(b, p, layer, "mlp", col + 4, values[rest_mask].sum(0), len(rest_idx), b_out,
+                       include_biases, mlp_id, mlp_out, "neuron")  # fmt: skip
         b.node(mlp_out, p, id=mlp_id, kind="mlp_out", layer=layer, column=col + 5, unit=-1)
         b.node(
             x_post,
@@ -531,6 +496,39 @@ def _build(
     ]
     pruned_table = pd.DataFrame(pruned, columns=["layer", "kind", "unit", "name", "score", "norm"])
     return b, edges, pruned_table
+
+
+def _rest_and_bias(
+    b: _Builder,
+    p: int,
+    layer: int,
+    block: str,
+    column: int,
+    pruned_sum: Tensor,
+    n_pruned: int,
+    bias: Tensor,
+    include_biases: bool,
+    out_id: str,
+    out: Tensor,
+    kind: str,
+) -> None:
+    """The pruned units' sum and the block's bias, so the block's incoming edges stay complete.
+
+    A bias node when biases are drawn or nothing was pruned; a rest node when units were pruned,
+    holding the bias too unless it has its own node.
+    """
+    bias_name = "b_O" if block == "attn" else "b_out"
+    if include_biases or n_pruned == 0:
+        bid = b.node(bias, p, id=f"L{layer}.{block}_bias", kind="bias", layer=layer,
+                     column=column, unit=-1, label=f"L{layer} {bias_name}")  # fmt: skip
+        b.edge(bid, out_id, kind, bias, out, layer)
+    if n_pruned:
+        rest = pruned_sum if include_biases else pruned_sum + bias
+        units = "heads" if block == "attn" else "neurons"
+        label = f"L{layer} {n_pruned} other {units}" + ("" if include_biases else f" + {bias_name}")
+        rid = b.node(rest, p, id=f"L{layer}.{block}_rest", kind="rest", layer=layer,
+                     column=column, unit=-1, n_units=n_pruned, label=label)  # fmt: skip
+        b.edge(rid, out_id, kind, rest, out, layer)
 
 
 def _entropy(weights: Tensor) -> float:
@@ -591,11 +589,11 @@ def _read_nodes(
 
 
 def _label(record: dict[str, Any]) -> str:
+    if "label" in record:
+        return record["label"]
     kind = record["kind"]
     if kind in ("head", "neuron"):
         return record["id"]
     if kind == "source":
         return f"L{record['layer']} input @{record['id'].rsplit('@', 1)[1]}"
-    if kind == "rest":
-        return f"L{record['layer']} {record['id'].split('.')[1]} ({record['n_units']} units)"
     return f"L{record['layer']} {kind}"
