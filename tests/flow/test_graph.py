@@ -241,3 +241,30 @@ def test_accessor_matches_the_free_function(model):
     a = model.universality.flow_graph(PROMPT, position=4)
     b = flow_graph(model, PROMPT, position=4)
     assert a.nodes["id"].tolist() == b.nodes["id"].tolist()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(attn_only=True),
+        dict(n_key_value_heads=2),
+        dict(positional_embedding_type="rotary", rotary_dim=8),
+        dict(normalization_type="RMS"),
+    ],
+    ids=["attn-only", "grouped-query", "rotary", "rms"],
+)
+def test_other_architectures_decompose_completely(overrides):
+    model = build_model(**overrides).eval()
+    graph = flow_graph(model, PROMPT, heads=2, neurons=(3, 1))
+    into = graph.edges[graph.edges["kind"].isin(["skip", "write", "head", "neuron"])]
+    np.testing.assert_allclose(into.groupby("target")["share"].sum(), 1.0, atol=1e-4)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(torch.tensor([PROMPT]))
+    final = graph.nodes.set_index("id").loc[f"L{model.cfg.n_layers - 1}.resid_post"]
+    assert final["top_ids"][0] == int(logits[0, -1].argmax())
+    assert final["norm"] == pytest.approx(float(cache["blocks.1.hook_resid_post"][0, -1].norm()))
+    heads = graph.nodes[graph.nodes["kind"] == "head"]
+    rotary = overrides.get("positional_embedding_type") == "rotary"
+    assert all((len(q) == 0) == rotary for q in heads["query_tokens"])
+    if overrides.get("attn_only"):
+        assert not graph.nodes["kind"].isin(["resid_mid", "neuron", "mlp_out"]).any()

@@ -120,12 +120,11 @@ def _hook_names(model: HookedModel, layers: list[int], mlps: bool) -> list[str]:
     names = []
     for layer in layers:
         block = f"blocks.{layer}"
-        names += [f"{block}.hook_resid_pre", f"{block}.hook_resid_mid"]
-        names += [f"{block}.hook_resid_post", f"{block}.hook_attn_out"]
+        names += [f"{block}.hook_resid_pre", f"{block}.hook_resid_post", f"{block}.hook_attn_out"]
         names += [f"{block}.attn.{h}" for h in ("hook_z", "hook_pattern", "hook_v", "hook_q")]
         names.append(f"{block}.attn.hook_attn_scores")
         if mlps:
-            names += [f"{block}.mlp.hook_post", f"{block}.hook_mlp_out"]
+            names += [f"{block}.hook_resid_mid", f"{block}.mlp.hook_post", f"{block}.hook_mlp_out"]
     if model.cfg.normalization_type is not None:
         names.append("ln_final.hook_scale")
     check_hooks_exist(model, names)
@@ -400,33 +399,15 @@ def _build(
         _rest_and_bias(b, p, layer, "attn", col + 1, pruned_sum, len(rest), b_O, include_biases,
                        attn_id, attn_out, "head")  # fmt: skip
         b.node(attn_out, p, id=attn_id, kind="attn_out", layer=layer, column=col + 2, unit=-1)
-        x_mid = cache[f"{block}.hook_resid_mid"][0, p]
-        mid_id = b.node(
-            x_mid,
-            p,
-            id=f"L{layer}.resid_mid",
-            kind="resid_mid",
-            layer=layer,
-            column=col + 3,
-            unit=-1,
-        )
+        # Attention-only models have no resid_mid: the attention block writes resid_post.
+        mid_kind = "resid_mid" if mlps else "resid_post"
+        x_mid = cache[f"{block}.hook_{mid_kind}"][0, p]
+        mid_id = b.node(x_mid, p, id=f"L{layer}.{mid_kind}", kind=mid_kind, layer=layer,
+                        column=col + (3 if mlps else COLUMNS_PER_LAYER), unit=-1)  # fmt: skip
         b.edge(resid_in, mid_id, "skip", x_pre[p], x_mid, layer)
         b.edge(attn_id, mid_id, "write", attn_out, x_mid, layer)
-
-        x_post = cache[f"{block}.hook_resid_post"][0, p]
-        post_id = f"L{layer}.resid_post"
-        if not mlps:  # attention-only: resid_mid is the block's output
-            b.node(
-                x_post,
-                p,
-                id=post_id,
-                kind="resid_post",
-                layer=layer,
-                column=col + COLUMNS_PER_LAYER,
-                unit=-1,
-            )
-            b.edge(mid_id, post_id, "skip", x_mid, x_post, layer)
-            previous = layer
+        previous = layer
+        if not mlps:
             continue
 
         # MLP: top and bottom neurons, the rest, the bias.
@@ -475,6 +456,8 @@ def _build(
         _rest_and_bias(b, p, layer, "mlp", col + 4, values[rest_mask].sum(0), len(rest_idx), b_out,
                        include_biases, mlp_id, mlp_out, "neuron")  # fmt: skip
         b.node(mlp_out, p, id=mlp_id, kind="mlp_out", layer=layer, column=col + 5, unit=-1)
+        x_post = cache[f"{block}.hook_resid_post"][0, p]
+        post_id = f"L{layer}.resid_post"
         b.node(
             x_post,
             p,
@@ -486,7 +469,6 @@ def _build(
         )
         b.edge(mid_id, post_id, "skip", x_mid, x_post, layer)
         b.edge(mlp_id, post_id, "write", mlp_out, x_post, layer)
-        previous = layer
     edges = pd.DataFrame(b.edges)
     for column in ("attention", "score", "activation"):
         if column not in edges:
