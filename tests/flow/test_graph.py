@@ -268,3 +268,19 @@ def test_other_architectures_decompose_completely(overrides):
     assert all((len(q) == 0) == rotary for q in heads["query_tokens"])
     if overrides.get("attn_only"):
         assert not graph.nodes["kind"].isin(["resid_mid", "neuron", "mlp_out"]).any()
+
+
+def test_transformer_bridge():
+    from transformer_lens.model_bridge import TransformerBridge
+
+    cfg = dict(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_mlp=64, d_vocab=50,
+               act_fn="gelu_new", normalization_type="LN")  # fmt: skip
+    model = TransformerBridge.boot_native(cfg)
+    graph = flow_graph(model, [0, 3, 5, 7], heads=2, neurons=(3, 1))
+    into = graph.edges[graph.edges["kind"].isin(["skip", "write", "head", "neuron"])]
+    np.testing.assert_allclose(into.groupby("target")["share"].sum(), 1.0, atol=1e-4)
+    with torch.no_grad():
+        logits = model(torch.tensor([[0, 3, 5, 7]]))
+    assert graph.nodes.set_index("id").loc["L1.resid_post", "top_ids"][0] == int(
+        logits[0, -1].argmax()
+    )

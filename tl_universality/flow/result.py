@@ -59,10 +59,11 @@ def short(token: str, width: int = 12) -> str:
     """A token as printed on a graph: visible whitespace, at most ``width`` characters.
 
     Examples:
-        >>> short(" the"), short("\\n")
-        ('␣the', '⏎')
+        >>> short(" the"), short("\\n"), short("\\x07")
+        ('␣the', '⏎', '\\\\x07')
     """
     text = str(token).replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
