@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tests.helpers import build_model
+from tests.test_report import chromium, needs_chromium
 from tl_universality.core.errors import CorruptCacheError
 from tl_universality.flow.graph import flow_graph
 from tl_universality.flow.result import FlowGraph
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed")
 PROMPT = [0, 5, 17, 3, 42, 9, 11]
 
 
@@ -77,18 +72,6 @@ def test_plot_is_a_figure_that_saves_as_png(graph, tmp_path):
     assert graph.plot(fig2.subplots()) is fig2
 
 
-def chromium(page: Path) -> subprocess.CompletedProcess:
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tempfile.mkdtemp()}", "--enable-logging=stderr", "--v=0",
-        "--virtual-time-budget=5000", "--dump-dom",
-    ]  # fmt: skip
-    return subprocess.run(
-        [CHROMIUM, *flags, page.as_uri()], capture_output=True, text=True, timeout=120
-    )
-
-
 def body_attributes(dom: str) -> str:
     match = re.search(r"<body([^>]*)>", dom)
     assert match, dom[:500]
@@ -109,7 +92,7 @@ def test_html_draws_offline_without_script_errors(tmp_path):
     graph.meta["token_strings"][1] = "</script><b>x</b>'\""
     page = tmp_path / "flow.html"
     graph.to_html(page)
-    dom = chromium(page)
+    dom = chromium(page, "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
     body = body_attributes(dom.stdout)
     assert "data-flow-error" not in body, body
@@ -121,6 +104,6 @@ def test_html_draws_offline_without_script_errors(tmp_path):
 def test_the_browser_check_catches_a_broken_page(graph, tmp_path):
     page = tmp_path / "broken.html"
     page.write_text(graph.to_html().replace("const NS =", "nope(); const NS ="))
-    dom = chromium(page)
+    dom = chromium(page, "--dump-dom")
     body = body_attributes(dom.stdout)
     assert "ReferenceError: nope is not defined" in body and 'data-flow="ok' not in body
