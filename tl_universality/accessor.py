@@ -28,6 +28,7 @@ from tl_universality.attention_decomposition import intervene as intervene_modul
 from tl_universality.attention_decomposition import svd as svd_module
 from tl_universality.attention_decomposition import trace as trace_module
 from tl_universality.core.errors import AccessorError
+from tl_universality.flow import graph as flow_module
 from tl_universality.units import activations as activations_module
 
 AccessorT = TypeVar("AccessorT")
@@ -174,6 +175,9 @@ class UniversalityAccessor:
     decompose_attention = _delegate(decompose_module.decompose_attention)
     trace_circuit = _delegate(trace_module.trace_circuit)
     intervene_on_signal = _delegate(intervene_module.intervene_on_signal)
+
+    # Flow graphs of one forward pass (docs/flow_graphs.md)
+    flow_graph = _delegate(flow_module.flow_graph)
 
     # SAE latents as units
     neuron_latent_correlation = _delegate(sae_module.neuron_latent_correlation)

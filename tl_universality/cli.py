@@ -246,6 +246,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(text: str) -> int | float:
+    """A budget from the command line: ``10`` is a count, ``0.9`` a share."""
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    from tl_universality.analyses.correlation import CorrelationResult
+    from tl_universality.flow.graph import flow_graph
+
+    specs = [args.model] if args.model else []
+    model = load_models(specs, family=None if specs else args.family, device=args.device,
+                        checkpoint=args.checkpoint, progress=not args.quiet)[0]  # fmt: skip
+    parts = args.neurons.split(",")
+    neurons = (int(parts[0]), int(parts[1])) if len(parts) == 2 else _number(parts[0])
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    target = args.target_id if args.target_id is not None else args.target
+    correlation = CorrelationResult.load(args.correlation) if args.correlation else None
+    try:
+        graph = flow_graph(
+            model, args.text, args.position, target, layers, heads=_number(args.heads),
+            neurons=neurons, top_k=args.top_k, reading=args.reading, correlation=correlation,
+        )  # fmt: skip
+    except ValueError as err:  # a bad position, target or budget: say which, and the fix
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = _out(args)
+    graph.save(out / "flow_graph")
+    graph.to_html(out / "flow_graph.html")
+    graph.plot().savefig(out / "flow_graph.png", dpi=120)
+    print(graph.describe())
+    print(f"saved flow_graph/, flow_graph.html and flow_graph.png in {out}")
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------
 
 
@@ -333,6 +367,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_trace_arguments(p)
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("flow", help="the VISIT flow graph of one prompt (HTML, PNG, tables)")
+    p.add_argument("text", help="the prompt (BOS is prepended)")
+    p.add_argument("--model", default=None, help="a local model folder or TransformerLens name")
+    p.add_argument("--family", default=None, help="or an offline seed family (its first seed)")
+    p.add_argument("--checkpoint", type=int, default=None, help="training checkpoint value")
+    p.add_argument("--position", type=int, default=-1, help="token position (default: last)")
+    p.add_argument("--target", default=None, help="target token string (default: next token)")
+    p.add_argument("--target-id", type=int, default=None, help="target token id")
+    p.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
+    p.add_argument("--heads", default="10", help="heads per layer, or a share such as 0.9")
+    p.add_argument("--neurons", default="18,7", help="top,bottom neurons per layer, or a share")
+    p.add_argument("--top-k", type=int, default=5, help="tokens shown per reading")
+    p.add_argument("--reading", default="own", choices=["own", "residual"], help="LN scale")
+    p.add_argument("--correlation", default=None, help="a saved correlation result to overlay")
+    _common(p, tokens=False)
+    p.set_defaults(func=cmd_flow)
 
     p = sub.add_parser("report", help="write the HTML report of a results folder")
     p.add_argument("dir", help="a results folder (the --out of the other commands)")
