@@ -42,6 +42,7 @@ from tl_universality.core.names import head_name, neuron_name
 from tl_universality.core.protocol import HookedModel, mlp_hook_names, model_name
 from tl_universality.core.result import Result, new_axes
 from tl_universality.core.saving import FolderWriter, SavedFolder
+from tl_universality.data.tokens.resolve import Tokens
 from tl_universality.units.activations import model_device
 from tl_universality.units.hooks import (
     RemoveFromQueryInput,
@@ -489,7 +490,7 @@ def path_ablation(
     model: HookedModel,
     neuron: tuple[int, int],
     head: tuple[int, int],
-    tokens: Any,
+    tokens: Tokens,
     *,
     batch_size: int = 8,
     max_tokens: int | None = None,

@@ -45,6 +45,7 @@ from tl_universality.analyses.vocab import (
 )
 from tl_universality.core.errors import HookError
 from tl_universality.core.protocol import HookedModel, check_hooks_exist, model_name
+from tl_universality.data.tokens.resolve import Tokens
 from tl_universality.stats.moments import Moments
 
 WEIGHT_COLUMNS = ("w_in_norm", "input_bias", "w_out_norm", "in_out_sim", "l2_penalty")
@@ -104,7 +105,7 @@ def weight_stats(model: HookedModel, layers: LayersSpec = None) -> pd.DataFrame:
 
 def activation_moments(
     model: HookedModel,
-    tokens: Any,
+    tokens: Tokens,
     layers: LayersSpec = None,
     *,
     batch_size: int = 32,
@@ -198,7 +199,7 @@ def _rows(act: Tensor, keep: Tensor) -> Float[Tensor, "tok d_mlp"]:
 
 def neuron_stats(
     model: HookedModel,
-    tokens: Any = None,
+    tokens: Tokens = None,
     *,
     correlation: Any = None,
     layers: LayersSpec = None,

@@ -30,6 +30,7 @@ from tl_universality.core.protocol import (
     mlp_hook_names,
     model_name,
 )
+from tl_universality.data.tokens.resolve import Tokens
 
 
 @runtime_checkable
@@ -317,7 +318,7 @@ def _as_models(models: HookedModel | Sequence[HookedModel]) -> list[HookedModel]
 
 def stream_activations(
     models: HookedModel | Sequence[HookedModel],
-    tokens: Any,
+    tokens: Tokens,
     *,
     units: UnitsSpec | Sequence[UnitsSpec] = None,
     batch_size: int = 32,
@@ -335,9 +336,8 @@ def stream_activations(
 
     Args:
         models: one model or a list; all must share a tokenizer (checked first).
-        tokens: anything :func:`tl_universality.data.tokens.as_token_source` accepts (a token
-        tensor,
-            a file, a dataset name, ``None`` for the embedded corpus, or a ``TokenSource``).
+        tokens: see :data:`~tl_universality.data.tokens.Tokens` (resolved once by
+            :func:`~tl_universality.data.tokens.resolve_tokens`; a ``TokenSource`` passes through).
         units: a :data:`UnitsSpec` for all models, or a list with one spec per model.
         batch_size: sequences per forward pass.
         device: where the yielded activations live (default: the first model's device).
@@ -362,7 +362,7 @@ def stream_activations(
         >>> batch.acts[0].shape  # 4 sequences x 7 non-BOS positions, 2 layers x 32 neurons
         torch.Size([28, 64])
     """
-    from tl_universality.data.tokens import as_token_source, check_fits
+    from tl_universality.data.tokens import resolve_tokens
 
     models = _as_models(models)
     if not models:
@@ -375,17 +375,9 @@ def stream_activations(
         for m, (_, taps) in zip(models, resolved, strict=True)
     ]
 
-    if seq_len is None:
-        seq_len = min(512, *(int(m.cfg.n_ctx) for m in models))
-    source = as_token_source(
-        tokens,
-        getattr(models[0], "tokenizer", None),
-        seq_len=seq_len,
-        max_tokens=max_tokens,
-        bos_token_id=bos_token_id,
+    source = resolve_tokens(
+        tokens, models, seq_len=seq_len, max_tokens=max_tokens, bos_token_id=bos_token_id
     )
-    for m in models:
-        check_fits(source, m)
     excluded = excluded_token_ids(source, getattr(models[0], "tokenizer", None), exclude_token_ids)
     out_device = torch.device(device) if device is not None else model_device(models[0])
 
@@ -489,7 +481,7 @@ def _run_one(
 
 
 def collect_activations(
-    models: HookedModel | Sequence[HookedModel], tokens: Any, **kwargs: Any
+    models: HookedModel | Sequence[HookedModel], tokens: Tokens, **kwargs: Any
 ) -> list[Float[Tensor, "tok _units"]]:
     """All activations of a (small) stream at once, one ``[tokens, units]`` tensor per model.
 

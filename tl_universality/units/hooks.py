@@ -53,6 +53,7 @@ from torch import Tensor
 
 from tl_universality.core.errors import HookError
 from tl_universality.core.protocol import HookedModel, HookFn, check_hooks_exist, model_name
+from tl_universality.data.tokens.resolve import Tokens
 from tl_universality.units.activations import model_device
 
 HookList = list[tuple[str, HookFn]]
@@ -378,36 +379,17 @@ def run_with_interventions(
 
 def token_batches(
     model: HookedModel,
-    tokens: Any,
+    tokens: Tokens,
     *,
     batch_size: int,
     bos_token_id: int | None = None,
     max_tokens: int | None = None,
 ) -> Iterator[Int[Tensor, "batch pos"]]:
-    """BOS-first token batches on the model's device, from anything ``as_token_source`` takes.
+    """BOS-first token batches on the model's device, resolved by
+    :func:`~tl_universality.data.tokens.resolve_tokens` (its rule for length and BOS)."""
+    from tl_universality.data.tokens import resolve_tokens
 
-    The BOS id is ``bos_token_id``, else the tokenizer's, else (for a 2-D token tensor) the first
-    token of the first row; every row must start with it.
-    """
-    from tl_universality.data.tokens import as_token_source, check_fits
-
-    tokenizer = getattr(model, "tokenizer", None)
-    if (
-        bos_token_id is None
-        and getattr(tokenizer, "bos_token_id", None) is None
-        and isinstance(tokens, Tensor)
-        and tokens.ndim == 2
-        and tokens.numel()
-    ):
-        bos_token_id = int(tokens[0, 0])
-    source = as_token_source(
-        tokens,
-        tokenizer,
-        seq_len=int(model.cfg.n_ctx),
-        max_tokens=max_tokens,
-        bos_token_id=bos_token_id,
-    )
-    check_fits(source, model)
+    source = resolve_tokens(tokens, model, max_tokens=max_tokens, bos_token_id=bos_token_id)
     device = model_device(model)
     n = 0
     for batch in source.batches(batch_size):

@@ -33,7 +33,6 @@ from tl_universality.analyses.correlation.plan import (
     FORMAT_PREFIX,
     FORMAT_VERSION,
     as_model_list,
-    default_seq_len,
     logger,
     make_plan,
     parse_bytes,
@@ -55,6 +54,7 @@ from tl_universality.core.errors import (
     EmptyTokenSourceError,
 )
 from tl_universality.core.protocol import HookedModel, check_same_tokenizer, model_name
+from tl_universality.data.tokens.resolve import Tokens
 from tl_universality.stats.baselines import (
     check_kind,
 )
@@ -73,7 +73,7 @@ from tl_universality.units.activations import (
 def correlate(
     model: HookedModel,
     others: HookedModel | Sequence[HookedModel],
-    tokens: Any = None,
+    tokens: Tokens = None,
     *,
     units: UnitsSpec | Sequence[UnitsSpec] = None,
     all_pairs: bool = False,
@@ -152,7 +152,7 @@ def correlate(
         >>> list(result.to_dataframe().columns[:5])
         ['layer', 'neuron', 'excess_corr', 'mean_corr', 'min_corr']
     """
-    from tl_universality.data.tokens import as_token_source
+    from tl_universality.data.tokens import resolve_tokens
 
     models = [model, *as_model_list(others)]
     if len(models) < 2:
@@ -169,12 +169,8 @@ def correlate(
     dev = torch.device(device) if device is not None else model_device(models[0])
     product, _ = resolve_product_dtype(product_dtype, dev)
     matrix_dtype = resolve_matrix_dtype(keep_matrix)
-    source = as_token_source(
-        tokens,
-        getattr(models[0], "tokenizer", None),
-        seq_len=seq_len or default_seq_len(models),
-        max_tokens=max_tokens,
-        bos_token_id=bos_token_id,
+    source = resolve_tokens(
+        tokens, models, seq_len=seq_len, max_tokens=max_tokens, bos_token_id=bos_token_id
     )
     plan = make_plan(
         indices,

@@ -27,6 +27,7 @@ from tl_universality.core.names import neuron_name
 from tl_universality.core.protocol import HookedModel, mlp_hook_names, model_name
 from tl_universality.core.result import Result, new_axes
 from tl_universality.core.saving import FolderWriter, SavedFolder
+from tl_universality.data.tokens.resolve import Tokens
 from tl_universality.units.hooks import (
     FixNeuron,
     FreezeLNScale,
@@ -323,7 +324,7 @@ def entropy_intervention(
     model: HookedModel,
     neurons: NeuronSpec,
     values: Sequence[float | int] | Float[Tensor, " values"] | np.ndarray,
-    tokens: Any,
+    tokens: Tokens,
     *,
     n_random_baseline: int = 5,
     seed: int = 0,

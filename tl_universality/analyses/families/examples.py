@@ -27,6 +27,7 @@ from tl_universality.analyses.families.variance import (
     variance_reduction_stream,
 )
 from tl_universality.core.protocol import HookedModel
+from tl_universality.data.tokens.resolve import Tokens
 
 # ---------------------------------------------------------------------------------------------
 # Top-activating contexts
@@ -135,7 +136,7 @@ def _display_vocab(model: HookedModel, vocab: Any) -> list[str] | None:
 
 def top_activations(
     model: HookedModel,
-    tokens: Any,
+    tokens: Tokens,
     layer: int,
     neuron: int,
     *,

@@ -21,6 +21,7 @@ from tl_universality.analyses.features import (
     get_family,
 )
 from tl_universality.core.protocol import HookedModel, mlp_hook_names
+from tl_universality.data.tokens.resolve import Tokens
 
 # ---------------------------------------------------------------------------------------------
 # On a model
@@ -69,7 +70,7 @@ def neuron_frame(model: HookedModel, neurons: NeuronsSpec = None) -> pd.DataFram
 
 
 def token_source(
-    model: HookedModel, tokens: Any, max_tokens: int | None, bos_token_id: int | None
+    model: HookedModel, tokens: Tokens, max_tokens: int | None, bos_token_id: int | None
 ) -> Any:
     from tl_universality.data.tokens import as_token_source
 
@@ -84,7 +85,7 @@ def token_source(
 
 def variance_reduction(
     model: HookedModel,
-    tokens: Any = None,
+    tokens: Tokens = None,
     neurons: NeuronsSpec = None,
     *,
     features: FeatureSet | None = None,
@@ -138,7 +139,7 @@ def variance_reduction(
 
 def explain(
     model: HookedModel,
-    tokens: Any = None,
+    tokens: Tokens = None,
     neurons: NeuronsSpec = None,
     *,
     features: FeatureSet | None = None,
@@ -233,7 +234,7 @@ def label_families(
 
 def families(
     model_or_explanations: HookedModel | pd.DataFrame,
-    tokens: Any = None,
+    tokens: Tokens = None,
     neurons: NeuronsSpec = None,
     *,
     thresholds: Mapping[str, float] | None = None,

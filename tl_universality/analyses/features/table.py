@@ -43,6 +43,7 @@ from tl_universality.analyses.features.groups import (
     UserFeature,
     most_frequent_unigrams,
 )
+from tl_universality.data.tokens.resolve import Tokens
 
 # ---------------------------------------------------------------------------------------------
 # The feature set
@@ -187,7 +188,7 @@ def token_frequencies(
 
 def default_features(
     vocab: Any,
-    tokens: Any = None,
+    tokens: Tokens = None,
     *,
     d_vocab: int | None = None,
     token_sets: Iterable[str] | None = None,
@@ -232,7 +233,7 @@ def default_features(
         ["token:'the'", "token:'cat'", 'position:[0,3)', 'position:>=3']
     """
     from tl_universality.data.token_sets import vocab_strings
-    from tl_universality.data.tokens import as_token_source
+    from tl_universality.data.tokens import DEFAULT_MAX_SEQ_LEN, as_token_source, resolve_tokens
     from tl_universality.units.activations import excluded_token_ids
 
     model = vocab if hasattr(vocab, "cfg") else None
@@ -252,15 +253,18 @@ def default_features(
                 "default_features needs a token stream to count unigrams and size the position"
                 " bins, and without a tokenizer the default corpus cannot be used: pass tokens=."
             )
-        if seq_len is None and model is not None:
-            seq_len = min(512, int(model.cfg.n_ctx))
-        source = as_token_source(
-            tokens,
-            hf_tokenizer,
-            seq_len=seq_len or 128,
-            max_tokens=max_tokens,
-            bos_token_id=bos_token_id,
-        )
+        if model is not None:
+            source = resolve_tokens(
+                tokens, model, seq_len=seq_len, max_tokens=max_tokens, bos_token_id=bos_token_id
+            )
+        else:  # a vocabulary without a model: the paper's length unless told
+            source = as_token_source(
+                tokens,
+                hf_tokenizer,
+                seq_len=seq_len or DEFAULT_MAX_SEQ_LEN,
+                max_tokens=max_tokens,
+                bos_token_id=bos_token_id,
+            )
     if need_stream:
         assert source is not None
         exclude = excluded_token_ids(source, hf_tokenizer)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from tl_universality.analyses.sae.units import SAEUnits
 from tl_universality.core.protocol import HookedModel
+from tl_universality.data.tokens.resolve import Tokens
 
 # -- analyses that only make sense with SAEs -----------------------------------------------------
 
@@ -39,7 +40,7 @@ def _sae_of(sae: SAELike) -> Any:
 def latent_universality(
     models: Sequence[HookedModel],
     saes: Sequence[SAELike],
-    tokens: Any = None,
+    tokens: Tokens = None,
     **correlate_kwargs: Any,
 ) -> Any:
     """Universality of SAE latents: every latent of ``models[0]``'s SAE against each other seed's.
@@ -135,7 +136,7 @@ class NeuronLatentCorrelation:
 def neuron_latent_correlation(
     model: HookedModel,
     sae: SAELike,
-    tokens: Any = None,
+    tokens: Tokens = None,
     *,
     neurons: Any = None,
     **correlate_kwargs: Any,
@@ -324,7 +325,7 @@ def decoder_similarity(
 def sae_unit_stats(
     model: HookedModel,
     sae: SAELike,
-    tokens: Any = None,
+    tokens: Tokens = None,
     *,
     correlation: Any = None,
     batch_size: int = 32,

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from tl_universality.core.errors import HookError
 from tl_universality.core.protocol import HookedModel
+from tl_universality.data.tokens.resolve import Tokens
 
 # -- training small SAEs offline -----------------------------------------------------------------
 
@@ -148,7 +149,7 @@ def _load_cached_sae(folder: Path, key: dict[str, Any], device: str) -> Any:
 
 def train_sae(
     model: HookedModel,
-    tokens: Any,
+    tokens: Tokens,
     hook_name: str,
     *,
     d_sae: int,
@@ -398,7 +399,7 @@ def train_sae(
 
 
 def train_family_saes(
-    family: Any, hook_name: str, *, tokens: Any = None, **kwargs: Any
+    family: Any, hook_name: str, *, tokens: Tokens = None, **kwargs: Any
 ) -> list[Any]:
     """One SAE per model of a seed family, each trained with :func:`train_sae`.
 

@@ -28,6 +28,7 @@ from tl_universality.data.tokens import (
     TensorTokenSource,
     as_token_source,
 )
+from tl_universality.data.tokens.resolve import Tokens
 
 # -- the family ----------------------------------------------------------------------------------
 
@@ -98,7 +99,7 @@ def _load_family(
 def train_seed_family(
     preset_or_config: str | SeedFamilyConfig = "demo",
     *,
-    tokens: Any = None,
+    tokens: Tokens = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     device: str = "cpu",

@@ -1,8 +1,12 @@
 """Tokens: every analysis reads fixed-length, BOS-first token sequences from a source."""
 
 from tl_universality.data.tokens.resolve import (
+    DEFAULT_MAX_SEQ_LEN,
+    Tokens,
     as_token_source,
     check_fits,
+    default_seq_len,
+    resolve_tokens,
 )
 from tl_universality.data.tokens.sources import (
     PARQUET_BATCH,
@@ -20,6 +24,10 @@ from tl_universality.data.tokens.text import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_SEQ_LEN",
+    "Tokens",
+    "default_seq_len",
+    "resolve_tokens",
     "DefaultCorpusSource",
     "HFDatasetSource",
     "JsonlSource",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
@@ -17,6 +19,98 @@ from tl_universality.data.tokens.text import (
     ParquetSource,
     TextFileSource,
 )
+
+Tokens: TypeAlias = Tensor | TokenSource | str | os.PathLike | None
+"""What every analysis takes as ``tokens``: a ``[n, seq]`` (or 1-D) tensor of ids, a
+:class:`TokenSource`, a ``.txt``/``.jsonl``/``.parquet`` path, a dataset name, or ``None`` (the
+embedded default corpus). :func:`resolve_tokens` turns it into a source."""
+
+#: The paper's sequence length; a model with a shorter context uses its own.
+DEFAULT_MAX_SEQ_LEN = 512
+
+
+def default_seq_len(models: Any) -> int:
+    """The one rule for the sequence length of text: 512 (the paper's), or the smallest
+    ``n_ctx`` of the models when that is shorter.
+
+    Examples:
+        >>> import types
+        >>> default_seq_len([types.SimpleNamespace(cfg=types.SimpleNamespace(n_ctx=64))])
+        64
+    """
+    models = list(models) if isinstance(models, Sequence) else [models]
+    return min(DEFAULT_MAX_SEQ_LEN, *(int(m.cfg.n_ctx) for m in models))
+
+
+def resolve_tokens(
+    tokens: Tokens,
+    models: Any,
+    *,
+    seq_len: int | None = None,
+    max_tokens: int | None = None,
+    bos_token_id: int | None = None,
+    **source_options: Any,
+) -> TokenSource:
+    """The one way every analysis turns its ``tokens`` argument into batches' source.
+
+    The rule, the same for every analysis:
+
+    - **sequence length** of text sources: ``seq_len``, else :func:`default_seq_len` of the
+      models (512, or the smallest context); a 2-D tensor keeps its own width;
+    - **BOS**: every sequence starts with BOS; its id is ``bos_token_id``, else the first model's
+      tokenizer's, else (a 2-D token tensor of a model without a tokenizer) the first token of the
+      first row, which every row must then start with; positions holding BOS or padding are left
+      out of every statistic;
+    - the sequences must fit every model's context (``SequenceTooLongError`` otherwise).
+
+    Called once per analysis; a :class:`TokenSource` passes through unchanged (``max_tokens``
+    still applies).
+
+    Args:
+        tokens: See :data:`Tokens`.
+        models: The model, or the models that will read the tokens (they share a tokenizer).
+        seq_len: Tokens per sequence for text, BOS included.
+        max_tokens: Stop after this many tokens (whole sequences).
+        bos_token_id: The BOS id of a token tensor, when the models have no tokenizer.
+        source_options: ``text_field``, ``split``, ``prepend_bos`` (see :func:`as_token_source`).
+
+    Examples:
+        >>> import torch
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> model = HookedTransformer(HookedTransformerConfig(
+        ...     n_layers=1, d_model=8, n_ctx=4, d_head=4, d_vocab=10, act_fn="relu"))
+        >>> resolve_tokens(torch.tensor([[0, 1, 2, 3]]), model, bos_token_id=0).n_tokens
+        4
+        >>> resolve_tokens(torch.tensor([[0, 1, 2, 3], [1, 0, 2, 3]]), model)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: Row 1 of the token tensor starts with 1, not BOS (0)...
+    """
+    models = list(models) if isinstance(models, Sequence) else [models]
+    tokenizer = getattr(models[0], "tokenizer", None)
+    if (
+        isinstance(tokens, Tensor)
+        and bos_token_id is None
+        and getattr(tokenizer, "bos_token_id", None) is None
+    ):
+        if tokens.ndim == 2 and tokens.numel():
+            bos_token_id = int(tokens[0, 0])  # every row must start with it (checked)
+        else:
+            raise ValueError(
+                "tokens is a 1-D token stream and the model has no tokenizer, so the BOS id to"
+                " put before each chunk is unknown. Fix: pass bos_token_id=<your BOS id>."
+            )
+    source = as_token_source(
+        tokens,
+        tokenizer,
+        seq_len=seq_len or default_seq_len(models),
+        max_tokens=max_tokens,
+        bos_token_id=bos_token_id,
+        **source_options,
+    )
+    for model in models:
+        check_fits(source, model)
+    return source
 
 
 def as_token_source(
