@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import pytest
+import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 #: The default test architecture: TransformerLens's own unit-test size.
@@ -53,3 +59,49 @@ def saved(tokenizer: Any, folder: Any) -> Any:
 
     tokenizer.save_pretrained(str(folder))
     return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+#: Debian's Chromium (``make test`` installs it); tests of HTML pages skip without it.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium not installed (make test installs Debian's chromium)"
+)
+
+
+def chromium(page: Path, *args: str, budget_ms: int = 10000) -> subprocess.CompletedProcess:
+    """Open ``page`` in headless Chromium, offline (no background networking), with ``args``
+    (e.g. ``--dump-dom`` or ``--screenshot=...``); console messages go to stderr."""
+    assert CHROMIUM is not None
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tempfile.mkdtemp()}", "--enable-logging=stderr", "--v=0",
+        f"--virtual-time-budget={budget_ms}",
+    ]  # fmt: skip
+    return subprocess.run(
+        [CHROMIUM, *flags, *args, page.as_uri()], capture_output=True, text=True, timeout=120
+    )
+
+
+def random_tokens(
+    n: int, seq: int, seed: int = 0, *, vocab: int = 64, bos: int = 0
+) -> torch.Tensor:
+    """``[n, seq]`` random ids in ``[1, vocab)`` from a seeded generator, each row BOS-first."""
+    toks = torch.randint(1, vocab, (n, seq), generator=torch.Generator().manual_seed(seed))
+    toks[:, 0] = bos
+    return toks
+
+
+def build_sae(d_in: int, d_sae: int, hook: str, seed: int = 0, enc_bias: float | None = None):
+    """A random sae-lens ``StandardSAE`` reading ``hook``; ``enc_bias`` fills ``b_enc``."""
+    import sae_lens
+
+    torch.manual_seed(seed)
+    cfg = sae_lens.StandardSAEConfig(
+        d_in=d_in, d_sae=d_sae, metadata=sae_lens.saes.sae.SAEMetadata(hook_name=hook)
+    )
+    sae = sae_lens.StandardSAE(cfg)
+    if enc_bias is not None:
+        with torch.no_grad():
+            sae.b_enc.fill_(enc_bias)
+    return sae

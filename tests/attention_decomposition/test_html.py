@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import chromium, needs_chromium
 from tl_universality.attention_decomposition.planted import planted_circuit
 from tl_universality.attention_decomposition.trace import trace_circuit
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="Chromium not installed (make test installs Debian's chromium)"
-)
-
 
 def dump_dom(page: Path) -> subprocess.CompletedProcess:
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tempfile.mkdtemp()}", "--enable-logging=stderr", "--v=0",
-        "--virtual-time-budget=5000", "--dump-dom",
-    ]  # fmt: skip
-    return subprocess.run(
-        [CHROMIUM, *flags, page.as_uri()], capture_output=True, text=True, timeout=120
-    )
+    return chromium(page, "--dump-dom", budget_ms=5000)
 
 
 @pytest.fixture(scope="module")

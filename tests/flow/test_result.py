@@ -7,8 +7,7 @@ import re
 import pandas as pd
 import pytest
 
-from tests.helpers import build_model
-from tests.test_report import chromium, needs_chromium
+from tests.helpers import build_model, chromium, needs_chromium
 from tl_universality.core.errors import CorruptCacheError
 from tl_universality.flow.graph import flow_graph
 from tl_universality.flow.result import FlowGraph

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
-from tests.helpers import build_model
+from tests.helpers import build_model, build_sae, random_tokens
 from tl_universality.analyses.correlation import correlate
 from tl_universality.analyses.sae import (
     SAEUnits,
@@ -31,20 +31,11 @@ EXACT = dict(product_dtype=torch.float64, keep_matrix=torch.float64, progress=Fa
 
 
 def tokens(n: int = 8, seq: int = 16, seed: int = 0) -> torch.Tensor:
-    toks = torch.randint(1, 64, (n, seq), generator=torch.Generator().manual_seed(seed))
-    toks[:, 0] = BOS
-    return toks
+    return random_tokens(n, seq, seed, bos=BOS)
 
 
 def make_sae(d_in: int, d_sae: int, hook: str, seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = sae_lens.StandardSAEConfig(
-        d_in=d_in, d_sae=d_sae, metadata=sae_lens.saes.sae.SAEMetadata(hook_name=hook)
-    )
-    sae = sae_lens.StandardSAE(cfg)
-    with torch.no_grad():  # a small positive bias keeps most random latents alive
-        sae.b_enc.fill_(0.1)
-    return sae
+    return build_sae(d_in, d_sae, hook, seed, enc_bias=0.1)  # most random latents stay alive
 
 
 def identity_sae(d: int, hook: str):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from tests.helpers import random_tokens
 from tl_universality.core.errors import (
     EmptyTokenSourceError,
     HookError,
@@ -27,9 +28,7 @@ def model(seed: int = 0, **overrides) -> HookedTransformer:
 
 
 def tokens(n: int = 10, seq: int = 12, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    toks = torch.randint(1, 50, (n, seq), generator=g)
-    toks[:, 0] = BOS
+    toks = random_tokens(n, seq, seed, vocab=50, bos=BOS)
     toks[3, 5] = BOS  # a BOS/EOS in the middle of a sequence is excluded too
     return toks
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import build_model
+from tests.helpers import build_model, random_tokens
 from tl_universality.analyses.attention import attention_deactivation_scores, path_ablation
 from tl_universality.analyses.entropy import entropy_intervention, entropy_neuron_scores
 from tl_universality.core.errors import HookError
@@ -30,10 +30,7 @@ def model(**overrides):
 
 
 def tokens(n: int = 4, seq: int = 10, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    toks = torch.randint(1, 64, (n, seq), generator=g)
-    toks[:, 0] = BOS
-    return toks
+    return random_tokens(n, seq, seed, bos=BOS)
 
 
 def assert_clean(m, split_qkv: bool = False) -> None:

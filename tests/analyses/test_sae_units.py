@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import build_model
+from tests.helpers import build_model, build_sae, random_tokens
 from tl_universality.analyses.sae import SAEUnits, attached_sae_units
 from tl_universality.core.errors import HookError
 from tl_universality.units.activations import collect_activations, unit_index
@@ -17,17 +17,11 @@ BOS = 0
 
 
 def tokens(n: int = 6, seq: int = 10) -> torch.Tensor:
-    toks = torch.randint(1, 64, (n, seq), generator=torch.Generator().manual_seed(0))
-    toks[:, 0] = BOS
-    return toks
+    return random_tokens(n, seq, 0, bos=BOS)
 
 
 def make_sae(d_in: int, d_sae: int, hook: str, seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = sae_lens.StandardSAEConfig(
-        d_in=d_in, d_sae=d_sae, metadata=sae_lens.saes.sae.SAEMetadata(hook_name=hook)
-    )
-    return sae_lens.StandardSAE(cfg)
+    return build_sae(d_in, d_sae, hook, seed)
 
 
 def identity_sae(d: int, hook: str):

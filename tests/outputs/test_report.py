@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import chromium, needs_chromium
 from tl_universality.analyses.correlation import CorrelationResult
 from tl_universality.cli import main
 from tl_universality.outputs import report
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="Chromium not installed (make test installs Debian's chromium)"
-)
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +19,6 @@ def demo_dir(tmp_path_factory, tiny_family):
     code = main(["demo", "--preset", "tiny", "--out", str(out), "--quiet", "--max-tokens", "12000"])
     assert code == 0
     return out
-
-
-def chromium(page: Path, *args: str) -> subprocess.CompletedProcess:
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tempfile.mkdtemp()}", "--enable-logging=stderr", "--v=0",
-        "--virtual-time-budget=10000",
-    ]  # fmt: skip
-    return subprocess.run(
-        [CHROMIUM, *flags, *args, page.as_uri()], capture_output=True, text=True, timeout=120
-    )
 
 
 def script_errors(stderr: str) -> list[str]:

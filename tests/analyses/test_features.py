@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import random_tokens
 from tl_universality.analyses.features import (
     FeatureContext,
     FeatureSet,
@@ -38,9 +39,7 @@ BOS = 0
 
 
 def tokens(n: int = 6, seq: int = 9, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    toks = torch.randint(1, len(VOCAB), (n, seq), generator=g)
-    toks[:, 0] = BOS
+    toks = random_tokens(n, seq, seed, vocab=len(VOCAB), bos=BOS)
     toks[2, 4] = BOS  # a BOS inside a sequence is dropped too
     return toks
 

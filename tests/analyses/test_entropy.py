@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import build_model
+from tests.helpers import build_model, random_tokens
 from tl_universality.analyses.entropy import (
     EntropyInterventionResult,
     default_null_space_dim,
@@ -49,10 +49,7 @@ def entropy_model(norm: float = 20.0, **overrides):
 
 
 def tokens(n: int = 6, seq: int = 12, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    toks = torch.randint(1, 64, (n, seq), generator=g)
-    toks[:, 0] = BOS
-    return toks
+    return random_tokens(n, seq, seed, bos=BOS)
 
 
 def oracle_metrics(logits: torch.Tensor, toks: torch.Tensor) -> dict[str, float]:

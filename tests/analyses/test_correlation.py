@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tl_universality  # noqa: F401  (registers model.universality)
-from tests.helpers import build_model
+from tests.helpers import build_model, random_tokens
 from tl_universality.analyses.correlation import (
     CorrelationResult,
     correlate,
@@ -31,10 +31,7 @@ QUIET = dict(bos_token_id=BOS, progress=False)
 
 
 def tokens(n: int = 24, seq: int = 32, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    toks = torch.randint(1, 64, (n, seq), generator=g)
-    toks[:, 0] = BOS
-    return toks
+    return random_tokens(n, seq, seed, bos=BOS)
 
 
 def oracle_corr(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:

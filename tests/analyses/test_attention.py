@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import build_model
+from tests.helpers import build_model, random_tokens
 from tl_universality.analyses.attention import (
     AttentionDeactivationScores,
     PathAblationResult,
@@ -48,10 +48,7 @@ def deactivation_model(norm: float = 30.0):
 
 
 def tokens(n: int = 6, seq: int = 12, seed: int = 2) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    toks = torch.randint(1, 64, (n, seq), generator=g)
-    toks[:, 0] = BOS
-    return toks
+    return random_tokens(n, seq, seed, bos=BOS)
 
 
 def oracle_scores(m) -> np.ndarray:
