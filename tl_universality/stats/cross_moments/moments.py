@@ -11,12 +11,15 @@ from torch import Tensor
 from tl_universality.core.errors import EmptyTokenSourceError
 from tl_universality.stats.cross_moments.products import (
     PRODUCT_CHUNK,
+    TOKEN_CHUNK,
     Block,
     ProductDtype,
     Side,
     as_parts,
+    big_entries,
     matmul_precision,
     mm,
+    product_is_safe,
     resolve_product_dtype,
 )
 
@@ -64,6 +67,10 @@ class CrossMoments:
         self.sum_xy = torch.zeros(int(n_a), int(n_b), dtype=torch.float64, device=self.device)
         self._buffer: Tensor | None = None  # the float32 product, reused across batches
         self._centred: tuple[Tensor, Tensor] | None = None
+        #: Batches whose product ran in float64 because float32 would overflow or underflow.
+        self.fallback_batches = 0
+        #: Batches in which spiky units' rows and columns were multiplied in float64.
+        self.split_batches = 0
 
     # -- shape -------------------------------------------------------------------------------
 
@@ -122,12 +129,32 @@ class CrossMoments:
             return self
         first = self.n == 0
         xc, yc = self._scratch(rows)
-        self._a.centre(xs, first, xc, self.device)
-        self._b.centre(ys, first, yc, self.device)
+        dx, ax, ex, tx = self._a.centre(xs, first, xc, self.device)
+        dy, ay, ey, ty = self._b.centre(ys, first, yc, self.device)
+        product = self.product_dtype
+        if product != torch.float64 and not (
+            product_is_safe(ax, ay, rows) and product_is_safe(ay, ax, rows)
+        ):
+            # Values this large (or spreads this small) would overflow (or underflow) a float32
+            # product: this batch is multiplied in float64 instead, never emitted as NaN.
+            product = torch.float64
+            self.fallback_batches += 1
+            xc = torch.empty(rows, self.n_a, dtype=torch.float64, device=self.device)
+            yc = torch.empty(rows, self.n_b, dtype=torch.float64, device=self.device)
+            self._a.write_centred(xs, dx, xc)
+            self._b.write_centred(ys, dy, yc)
         with matmul_precision(self._precision):
-            self._add_product(xc, yc)
-            self._a.add_grams(xc, self.product_dtype)
-            self._b.add_grams(yc, self.product_dtype)
+            self._a.add_grams(xc, product, dx, tx, rows)
+            self._b.add_grams(yc, product, dy, ty, rows)
+            if product == torch.float32 and self.n_a and self.n_b:
+                self._add_split_product(xc, yc, ax, ex, ay, ey)
+            else:
+                self._add_product(xc, yc, product)
+            if self.n_a and self.n_b:
+                # the exact rank-one parts, with δ = c − K and T = Σ(x − K) of this batch:
+                # Σ(x−K)(y−L)ᵀ = Σ(x−c)(y−c')ᵀ + δx·T_yᵀ + (T_x − n·δx)·δyᵀ
+                self.sum_xy.addr_(dx, ty)
+                self.sum_xy.addr_(tx - rows * dx, dy)
         self.n += rows
         self._recentre()
         return self
@@ -189,24 +216,64 @@ class CrossMoments:
             side.sum -= n * delta
             side.shift += delta
 
-    def _add_product(self, xc: Tensor, yc: Tensor) -> None:
+    def _add_product(self, xc: Tensor, yc: Tensor, product: torch.dtype) -> None:
         if self.n_a == 0 or self.n_b == 0:
             return
-        if self.product_dtype == torch.float64:
-            self.sum_xy.addmm_(xc.T, yc)
+        if product == torch.float64:
+            self.sum_xy.addmm_(xc.T.to(torch.float64), yc.to(torch.float64))
             return
         step = max(1, PRODUCT_CHUNK // self.n_b)
         for r0 in range(0, self.n_a, step):
             r1 = min(self.n_a, r0 + step)
-            if self.product_dtype == torch.bfloat16:
-                self.sum_xy[r0:r1].add_(mm(xc[:, r0:r1].T, yc, self.product_dtype))
+            if product == torch.bfloat16:
+                self.sum_xy[r0:r1].add_(mm(xc[:, r0:r1].T, yc, product))
                 continue
             if self._buffer is None:  # allocated once: a fresh one per batch costs page faults
                 rows = min(step, self.n_a)
                 self._buffer = torch.empty(rows, self.n_b, dtype=xc.dtype, device=xc.device)
             out = self._buffer[: r1 - r0]
-            torch.mm(xc[:, r0:r1].T, yc, out=out)
-            self.sum_xy[r0:r1].add_(out)
+            # float32 sums run over at most TOKEN_CHUNK tokens before they reach the float64
+            # accumulator: a float32 dot product's rounding grows with its length (~sqrt(n)·eps)
+            for t0 in range(0, xc.shape[0], TOKEN_CHUNK):
+                t1 = min(xc.shape[0], t0 + TOKEN_CHUNK)
+                torch.mm(xc[t0:t1, r0:r1].T, yc[t0:t1], out=out)
+                self.sum_xy[r0:r1].add_(out)
+
+    def _add_split_product(
+        self, xc: Tensor, yc: Tensor, ax: Tensor, ex: Tensor, ay: Tensor, ey: Tensor
+    ) -> None:
+        """``Σ(x − m)(y − m')ᵀ`` with a float32 product, except the few dominant entries.
+
+        A float32 sum drops small terms added to a partial sum dominated by one large term: a unit
+        active on one token would lose its background's share of the co-moment. So the entries
+        that hold more than :data:`SPIKY_SHARE` of their unit's batch energy (at most 64 per unit,
+        none for ordinary units) are taken out of the float32 inputs and multiplied in float64:
+        ``xᵀy = x_restᵀ y_rest + x_bigᵀ y + x_restᵀ y_big``, the last two sparse and exact.
+        """
+        big_x = big_entries(xc, ax, ex)
+        big_y = big_entries(yc, ay, ey)
+        if big_x is None and big_y is None:
+            self._add_product(xc, yc, torch.float32)
+            return
+        self.split_batches += 1
+        chunk = max(1, PRODUCT_CHUNK // max(self.n_a, self.n_b, 1))
+        if big_x is not None:  # x_bigᵀ y, with y whole: rows of sum_xy
+            tokens, units = big_x
+            values = xc[tokens, units].to(torch.float64)
+            xc[tokens, units] = 0
+            for k0 in range(0, tokens.numel(), chunk):
+                k1 = k0 + chunk
+                part = yc[tokens[k0:k1]].to(torch.float64).mul_(values[k0:k1, None])
+                self.sum_xy.index_add_(0, units[k0:k1], part)
+        if big_y is not None:  # x_restᵀ y_big: columns of sum_xy
+            tokens, units = big_y
+            values = yc[tokens, units].to(torch.float64)
+            yc[tokens, units] = 0
+            for k0 in range(0, tokens.numel(), chunk):
+                k1 = k0 + chunk
+                part = xc[tokens[k0:k1]].to(torch.float64).mul_(values[k0:k1, None])
+                self.sum_xy.index_add_(1, units[k0:k1], part.T)
+        self._add_product(xc, yc, torch.float32)
 
     def merge(self, other: CrossMoments) -> CrossMoments:
         """Statistics of the union of two disjoint token sets, as a new object.
@@ -412,6 +479,7 @@ class CrossMoments:
         )
         out.n, out._a, out._b, out.sum_xy = self.n, self._b, self._a, self.sum_xy.T
         out._buffer, out._centred = None, None
+        out.fallback_batches = out.split_batches = 0
         return out
 
     def to(self, device: torch.device | str) -> CrossMoments:
@@ -471,6 +539,7 @@ class CrossMoments:
         out._a = Side.from_tensors(state, "a.", out.device)
         out._b = Side.from_tensors(state, "b.", out.device)
         out._buffer, out._centred = None, None
+        out.fallback_batches = out.split_batches = 0
         out.sum_xy = state["sum_xy"].to(out.device, torch.float64).clone()
         if tuple(out.sum_xy.shape) != (out.n_a, out.n_b):
             raise ValueError(

@@ -23,6 +23,8 @@ _CENTRE_BLOCK_CUDA = 1 << 24
 # The per-batch product is computed in row chunks whose output has at most this many elements, so
 # the float32 temporary stays bounded (256 MB) whatever a x b is.
 PRODUCT_CHUNK = 1 << 26
+# Tokens per float32 product before it is added to the float64 accumulator (see _add_product).
+TOKEN_CHUNK = 512
 
 
 def resolve_product_dtype(
@@ -133,42 +135,63 @@ class Side:
             gram.copy_(state[f"{prefix}gram.{i}"])
         return side
 
-    def centre(self, parts: list[Tensor], first: bool, out: Tensor, device: torch.device) -> None:
-        """Write ``x − shift`` into ``out`` (product dtype) and add to the float64 sums.
-
-        Centring is exact float64 arithmetic, done in row blocks of bounded size: full-size float64
-        temporaries cost more than the arithmetic on a CPU.
-        """
+    def _check_parts(self, parts: list[Tensor], rows: int) -> None:
         width = sum(p.shape[-1] for p in parts)
         if width != self.n_units:
             raise ValueError(
                 f"Got {width} units, expected {self.n_units}: the statistics were made for a"
                 " different unit set."
             )
-        col = 0
-        block = _CENTRE_BLOCK_CUDA if device.type == "cuda" else CENTRE_BLOCK_CPU
         for part in parts:
-            if part.ndim != 2 or part.shape[0] != out.shape[0]:
+            if part.ndim != 2 or part.shape[0] != rows:
                 raise ValueError(
-                    f"Activation block of shape {tuple(part.shape)} does not match {out.shape[0]}"
+                    f"Activation block of shape {tuple(part.shape)} does not match {rows}"
                     " tokens; pass [tokens, units] tensors with the same tokens on both sides."
                 )
+
+    def centre(
+        self, parts: list[Tensor], first: bool, out: Tensor, device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Add the batch to the float64 sums and write it, centred on a per-batch centre ``c``,
+        into ``out``.
+
+        The sums hold ``Σ(x − shift)`` and ``Σ(x − shift)²`` (exact float64 arithmetic). The
+        product sees ``x − c``, with ``c`` the batch's own mean, or 0 for units silent on at least
+        half of the batch, so its rounding is relative to the batch's spread whatever the unit's
+        long-run mean, and silent tokens are exact zeros; the caller adds the exact rank-one
+        terms of ``Σ(x − shift)(y − shift')ᵀ`` in float64 (see :meth:`CrossMoments.update`). Work
+        runs in row blocks of bounded size: full-size float64 temporaries cost more than the
+        arithmetic on a CPU.
+
+        Returns:
+            ``(c − shift, max |x − c|, Σ(x − c)², Σ(x − shift))`` per unit, all float64.
+        """
+        n = out.shape[0]
+        self._check_parts(parts, n)
+        block = _CENTRE_BLOCK_CUDA if device.type == "cuda" else CENTRE_BLOCK_CPU
+        delta = torch.zeros_like(self.shift)
+        absmax = torch.zeros_like(self.shift)
+        energy = torch.zeros_like(self.shift)  # Σ(x − c)² of this batch
+        batch_sum = torch.zeros_like(self.shift)  # Σ(x − shift) of this batch
+        col = 0
+        for part in parts:
             part = part.to(device)
-            n, w = part.shape
+            w = part.shape[1]
             sl = slice(col, col + w)
             col += w
             if n == 0 or w == 0:
                 continue
             shift = self.shift[sl]
-            torch.minimum(self.min[sl], part.amin(0).double(), out=self.min[sl])
-            torch.maximum(self.max[sl], part.amax(0).double(), out=self.max[sl])
+            low, high = part.amin(0).double(), part.amax(0).double()
+            torch.minimum(self.min[sl], low, out=self.min[sl])
+            torch.maximum(self.max[sl], high, out=self.max[sl])
             rows = max(1, block // w)
             buf = torch.empty(min(rows, n), w, dtype=torch.float64, device=device)
             if first:  # the first batch's float64 mean (exactly c for a constant unit)
-                total = torch.zeros_like(shift)
+                mean = torch.zeros_like(shift)
                 for r0 in range(0, n, rows):
-                    total += buf[: min(n, r0 + rows) - r0].copy_(part[r0 : r0 + rows]).sum(0)
-                shift.copy_(total / n)
+                    mean += buf[: min(n, r0 + rows) - r0].copy_(part[r0 : r0 + rows]).sum(0)
+                shift.copy_(mean / n)
             total, squares = torch.zeros_like(shift), torch.zeros_like(shift)
             for r0 in range(0, n, rows):
                 r1 = min(n, r0 + rows)
@@ -177,10 +200,60 @@ class Side:
                 total += centred.sum(0)
                 out[r0:r1, sl] = centred
                 squares += centred.square_().sum(0)
+            # The centre c: the batch mean (its offset d = m − shift from the shifted sum, which
+            # keeps Σ(x − m) at the rounding of the batch's spread), or exactly 0 for a unit that
+            # is 0 on at least half of the batch (ReLU-like or sparse units): its silent tokens
+            # then enter the product as exact zeros instead of as many small −m terms that a
+            # float32 sum would drop next to the active ones. The shift stays within a standard
+            # deviation of the mean (see _recentre), so subtracting d in the product dtype adds
+            # at most about one rounding of |x − m|.
+            d = total / n
+            ones = torch.ones(n, dtype=torch.float32, device=device)
+            zeros = torch.mv(part.eq(0).to(device, torch.float32).T, ones)  # a GEMV: fast
+            zero_centred = zeros * 2 >= n
+            d = torch.where(zero_centred, -shift, d)
+            view = out[:, sl]
+            view.sub_(d.to(out.dtype))
+            if bool(zero_centred.any()):  # write those columns as the exact input values
+                cols = zero_centred.nonzero()[:, 0]
+                view[:, cols] = part[:, cols.to(part.device)].to(device, out.dtype)
+            centre = shift + d  # |x − c| is largest at the batch's min or max
+            absmax[sl] = torch.maximum((low - centre).abs(), (high - centre).abs())
+            energy[sl] = (squares - 2 * d * total + n * d * d).clamp_min(0)  # Σ(x − c)²
+            batch_sum[sl] = total
             self.sum[sl] += total
             self.sumsq[sl] += squares
+            delta[sl] = d
+        return delta, absmax, energy, batch_sum
 
-    def add_grams(self, centred: Tensor, product: torch.dtype) -> None:
+    def write_centred(
+        self, parts: list[Tensor], delta: Tensor, out: Tensor, units: Tensor | None = None
+    ) -> None:
+        """Write ``x − m`` again (``m = shift + delta``) into ``out``, e.g. a float64 buffer; with
+        ``units`` (sorted indices) only those columns, side by side."""
+        col, written = 0, 0
+        for part in parts:
+            w = part.shape[1]
+            lo, hi = col, col + w
+            col += w
+            if units is None:
+                idx = torch.arange(lo, hi, device=self.shift.device)
+                local = slice(None)
+            else:
+                idx = units[(units >= lo) & (units < hi)]
+                local = (idx - lo).to(part.device)
+            if idx.numel() == 0:
+                continue
+            # a float64 input is never modified: .to() may return the input itself
+            values = part[:, local].to(out.device, torch.float64) - self.shift[idx]
+            out[:, written : written + idx.numel()] = values.sub_(delta[idx])
+            written += idx.numel()
+
+    def add_grams(
+        self, centred: Tensor, product: torch.dtype, delta: Tensor, batch_sum: Tensor, n: int
+    ) -> None:
+        """Add ``Σ(x − c)(x − c)ᵀ + δTᵀ + (T − nδ)δᵀ`` (``δ = c − shift``, ``T = Σ(x − shift)``),
+        which is ``Σ(x − shift)(x − shift)ᵀ``, to every tracked block."""
         for start, count, width, stacked in self.groups:
             # [tokens, count * width] -> [count, tokens, width], a view
             v = (
@@ -195,6 +268,42 @@ class Side:
                     stacked[k].add_(mm(v[k].T, v[k], product))
             else:
                 stacked.add_(torch.bmm(v.transpose(1, 2), v))
+            sl = slice(start, start + count * width)
+            d = delta[sl].reshape(count, width, 1)
+            t = batch_sum[sl].reshape(count, width, 1)
+            stacked.baddbmm_(d, t.transpose(1, 2))
+            stacked.baddbmm_(t - n * d, d.transpose(1, 2))
+
+
+#: A unit whose largest batch-centred value holds more than this share of the batch's Σ(x − m)²
+#: is "spiky": a float32 sum would add its small terms to a partial sum dominated by one token and
+#: drop them (a unit active on one token loses up to ~1e-5 of its co-moment that way).
+SPIKY_SHARE = 1 / 64
+
+
+def big_entries(centred: Tensor, absmax: Tensor, energy: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(tokens, units)`` of the batch-centred entries whose square exceeds
+    :data:`SPIKY_SHARE` of their unit's batch energy (at most ``1 / SPIKY_SHARE`` per unit), or
+    None when no unit has one."""
+    spiky = ((absmax * absmax > SPIKY_SHARE * energy) & (energy > 0)).nonzero()[:, 0]
+    if spiky.numel() == 0:
+        return None
+    cols = centred[:, spiky].to(torch.float64)
+    hit = cols.square_() > SPIKY_SHARE * energy[spiky]
+    tokens, k = hit.nonzero(as_tuple=True)
+    return tokens, spiky[k]
+
+
+def product_is_safe(absmax: Tensor, other: Tensor, rows: int) -> bool:
+    """Whether a float32 product of batch-centred values can neither overflow nor lose terms to
+    underflow: every ``|x − m| · |y − m| · rows`` below 1e36, and no unit whose spread is nonzero
+    but below 1e-15 (its products would sink into float32's subnormal range)."""
+    hi = float(absmax.max()) if absmax.numel() else 0.0
+    hi_other = float(other.max()) if other.numel() else 0.0
+    if hi * max(hi, hi_other) * max(rows, 1) >= 1e36:
+        return False
+    tiny = (absmax > 0) & (absmax < 1e-15)
+    return not bool(tiny.any())
 
 
 def mm(a: Tensor, b: Tensor, product: torch.dtype) -> Tensor:
