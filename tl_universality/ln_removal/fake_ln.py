@@ -198,7 +198,8 @@ class FakeLayerNorm(nn.Module):
         self,
         x: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos head d_model"],
     ) -> Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos head d_model"]:
-        i = _CALL_PATH[self.calls % 3] if len(self.paths) > 1 else 0
+        call = self.calls % 3
+        i = _CALL_PATH[call] if len(self.paths) > 1 else 0
         self.calls += 1
         if x.dtype not in (torch.float32, torch.float64):
             x = x.to(torch.float32)
@@ -206,7 +207,8 @@ class FakeLayerNorm(nn.Module):
         extra = (1,) * (x.ndim - 2)  # [batch, pos, 1] or [batch, pos, 1, 1] (split qkv input)
         codes = self._codes_for(x)
         live = (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
-        if self.tracking and not bool(self.is_fake[i]):
+        # The Q/K path is read twice per pass (query, key): average it once.
+        if self.tracking and not bool(self.is_fake[i]) and (len(self.paths) == 1 or call != 1):
             self._track(i, live.reshape(codes.shape), codes)
         fixed = self._fixed_sigma(i, codes).reshape(*codes.shape, *extra).to(x.dtype)
         suffix = f"_{self.paths[i]}" if self.paths[i] else ""
