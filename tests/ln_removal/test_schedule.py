@@ -55,6 +55,6 @@ def test_schedule_and_settings_errors_name_the_fix():
     with pytest.raises(ValueError, match="aux_loss_weight must be a number >= 0"):
         LNRemovalConfig(aux_loss_weight=-1.0)
     with pytest.raises(ValueError, match="checkpoint_every must be a positive.*got 0"):
-        remove_layernorm(build_model(), tokens(8, 8), steps=30, checkpoint_every=0)
+        remove_layernorm(build_model(), tokens(8, 8), steps=60, checkpoint_every=0)
     with pytest.raises(ValueError, match="rows of 40 tokens but n_ctx=32"):
-        remove_layernorm(build_model(), tokens(8, 40), steps=30)
+        remove_layernorm(build_model(), tokens(8, 40), steps=60)
