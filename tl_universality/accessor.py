@@ -24,6 +24,8 @@ from tl_universality.analyses import roles as roles_module
 from tl_universality.analyses import sae as sae_module
 from tl_universality.analyses import vocab as vocab_module
 from tl_universality.core.errors import AccessorError
+from tl_universality.ln_removal import dla as dla_module
+from tl_universality.ln_removal import finetune as ln_removal_module
 from tl_universality.units import activations as activations_module
 
 AccessorT = TypeVar("AccessorT")
@@ -164,6 +166,10 @@ class UniversalityAccessor:
     entropy_intervention = _delegate(entropy_module.entropy_intervention)
     attention_deactivation_scores = _delegate(attention_module.attention_deactivation_scores)
     path_ablation = _delegate(attention_module.path_ablation)
+
+    # LayerNorm removal (docs/ln_removal.md)
+    remove_layernorm = _delegate(ln_removal_module.remove_layernorm)
+    direct_logit_attribution = _delegate(dla_module.direct_logit_attribution)
 
     # SAE latents as units
     neuron_latent_correlation = _delegate(sae_module.neuron_latent_correlation)

@@ -39,7 +39,7 @@ def test_export_reproduces_the_all_fake_logits(overrides):
     assert not any("ln" in name for name in plain.state_dict())
     toks = tokens(4, 20)
     with torch.no_grad():
-            assert float((plain(toks) - fake(toks)).abs().max()) <= 1e-5
+        assert float((plain(toks) - fake(toks)).abs().max()) <= 1e-5
 
 
 def test_export_refuses_a_model_that_is_not_all_fake():

@@ -19,7 +19,9 @@ def _randomise_ln(model, seed=0):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith((".w", ".b")) and ("ln" in name):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3 + (1.0 if name.endswith("w") else 0))
+                p.copy_(
+                    torch.randn(p.shape, generator=gen) * 0.3 + (1.0 if name.endswith("w") else 0)
+                )
     return model
 
 
@@ -37,7 +39,9 @@ def test_fake_with_sigma_equal_to_live_std_is_the_real_layernorm():
     # Every position with the same std s: live scale sqrt(s² + eps) is one number.
     x = torch.randn(3, 7, 32, dtype=torch.float64)
     x = x - x.mean(-1, keepdim=True)
-    x = 2.5 * x / x.std(-1, unbiased=False, keepdim=True) + torch.randn(3, 7, 1, dtype=torch.float64)
+    x = 2.5 * x / x.std(-1, unbiased=False, keepdim=True) + torch.randn(
+        3, 7, 1, dtype=torch.float64
+    )
     eps = model.cfg.eps
     sigma = (2.5**2 + eps) ** 0.5
     ln.set_sigma(sigma)
@@ -116,8 +120,12 @@ def test_bos_and_eot_sigma_apply_per_position_for_any_length(seq):
     resid = cache[f"blocks.{fake.cfg.n_layers - 1}.hook_resid_post"].double()
     centred = resid - resid.mean(-1, keepdim=True)
     oracle = centred / expected[..., None].double() * ln.w.double() + ln.b.double()
-    torch.testing.assert_close(cache["ln_final.hook_normalized"].double() * ln.w.double()
-                               + ln.b.double(), oracle, atol=1e-5, rtol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        cache["ln_final.hook_normalized"].double() * ln.w.double() + ln.b.double(),
+        oracle,
+        atol=1e-5,
+        rtol=1e-5,
+    )
     ln.drop_special(eot=True)
     _, cache = fake.run_with_cache(toks)
     expected[expected == 7.0] = 2.0
@@ -130,8 +138,13 @@ def test_bos_and_eot_sigma_apply_per_position_for_any_length(seq):
 def test_hook_points_are_registered_and_fire():
     fake = install_fake_layernorms(build_model())
     _, cache = fake.run_with_cache(tokens(1, 6))
-    for name in ("blocks.0.ln1.hook_sigma_qk", "blocks.0.ln1.hook_sigma_v", "blocks.1.ln2.hook_sigma",
-                 "ln_final.hook_is_fake", "blocks.1.ln2.hook_scale"):  # fmt: skip
+    for name in (
+        "blocks.0.ln1.hook_sigma_qk",
+        "blocks.0.ln1.hook_sigma_v",
+        "blocks.1.ln2.hook_sigma",
+        "ln_final.hook_is_fake",
+        "blocks.1.ln2.hook_scale",
+    ):
         assert name in fake.hook_dict and name in cache
 
 

@@ -11,8 +11,10 @@ from tl_universality.ln_removal import LNRemovalConfig, RemovalSchedule, remove_
 
 def test_default_schedule_is_the_papers_for_gpt2_small():
     events = RemovalSchedule().events(n_layers=12)
-    steps = {kind: [e.step for e in events if e.kind == kind] for kind in
-             ("ln2", "ln1_qk", "ln1_v", "ln_final", "eot", "bos")}  # fmt: skip
+    steps = {
+        kind: [e.step for e in events if e.kind == kind]
+        for kind in ("ln2", "ln1_qk", "ln1_v", "ln_final", "eot", "bos")
+    }
     assert steps["ln2"] == list(range(20, 43, 2))
     assert steps["ln1_qk"] == list(range(44, 67, 2))
     assert steps["ln1_v"] == list(range(68, 102, 3))
@@ -27,9 +29,16 @@ def test_attention_only_models_have_no_ln2_events():
 def test_events_happen_at_the_configured_steps():
     seen = []
     result = remove_layernorm(
-        build_model(), tokens(40, 16), held_out=tokens(4, 16, seed=1), steps=14, lr_warmup=2,
-        batch_size=4, schedule=FAST, progress=False, callback=seen.append,
-    )  # fmt: skip
+        build_model(),
+        tokens(40, 16),
+        held_out=tokens(4, 16, seed=1),
+        steps=14,
+        lr_warmup=2,
+        batch_size=4,
+        schedule=FAST,
+        progress=False,
+        callback=seen.append,
+    )
     expected = {e.step: e.label for e in FAST.events(2)}
     history = result.history.set_index("step")
     for step in range(14):

@@ -26,7 +26,7 @@ def test_moving_average_on_synthetic_activations():
     eps, m = ln.eps, 0.9
     rng = np.random.default_rng(0)
     expected = {"normal": None, "bos": None, "eot": None}
-    for step in range(5):
+    for _ in range(5):
         x = rng.normal(size=(3, 6, 32)) * rng.uniform(0.5, 4.0, size=(3, 6, 1))
         x[:, 0] *= 20  # BOS has a far larger norm
         codes = np.zeros((3, 6), dtype=np.int64)
@@ -34,8 +34,11 @@ def test_moving_average_on_synthetic_activations():
         codes[1, 4] = EOT
         # Direct computation: per-token std pooled over channels, then the mean per kind.
         std = np.sqrt(((x - x.mean(-1, keepdims=True)) ** 2).mean(-1) + eps)
-        batch = {"normal": std[codes == NORMAL].mean(), "bos": std[codes == BOS].mean(),
-                 "eot": std[codes == EOT].mean()}  # fmt: skip
+        batch = {
+            "normal": std[codes == NORMAL].mean(),
+            "bos": std[codes == BOS].mean(),
+            "eot": std[codes == EOT].mean(),
+        }
         for key, value in batch.items():
             old = expected[key]
             expected[key] = value if old is None else m * old + (1 - m) * value

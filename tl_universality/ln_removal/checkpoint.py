@@ -110,26 +110,29 @@ def load_checkpoint(folder: Path, identity: dict[str, Any]) -> dict[str, Any] | 
     fix = f"delete {folder} to start again, or pass another checkpoint_dir."
     with open_saved(folder, FORMAT, VERSION, what="LayerNorm-removal checkpoint", fix=fix) as s:
         saved = s.meta.get("fingerprint", {})
-        if saved != identity:
-            differs = [k for k in identity if saved.get(k) != identity[k]]
-            detail = ""
-            if "config" in differs:
-                old, new = saved.get("config", {}), identity["config"]
-                keys = [k for k in new if old.get(k) != new[k]]
-                detail = "; settings that differ: " + ", ".join(
-                    f"{k} (checkpoint {old.get(k)!r}, now {new[k]!r})" for k in keys
-                )
-            raise CheckpointMismatchError(
-                f"checkpoint_dir={str(folder)!r} holds a LayerNorm-removal run with a different"
-                f" {', '.join(differs)}{detail}. Fix: {fix}"
+        contents = None
+        if saved == identity:
+            contents = {
+                "step": int(s.meta["step"]),
+                "meta": dict(s.meta),
+                "model": s.tensors("model"),
+                "optimizer": s.tensors("optimizer"),
+                "history": s.table("history"),
+            }
+    if contents is None:  # outside the reading block: a mismatch is not a damaged folder
+        differs = [k for k in identity if saved.get(k) != identity[k]]
+        detail = ""
+        if "config" in differs:
+            old, new = saved.get("config", {}), identity["config"]
+            keys = [k for k in new if old.get(k) != new[k]]
+            detail = "; settings that differ: " + ", ".join(
+                f"{k} (checkpoint {old.get(k)!r}, now {new[k]!r})" for k in keys
             )
-        return {
-            "step": int(s.meta["step"]),
-            "meta": dict(s.meta),
-            "model": s.tensors("model"),
-            "optimizer": s.tensors("optimizer"),
-            "history": s.table("history"),
-        }
+        raise CheckpointMismatchError(
+            f"checkpoint_dir={str(folder)!r} holds a LayerNorm-removal run with a different"
+            f" {', '.join(differs)}{detail}. Fix: {fix}"
+        )
+    return contents
 
 
 __all__ = [

@@ -167,7 +167,9 @@ def check_fields(settings: dict[str, Any]) -> None:
 
 def _positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}. Fix: {name}=1 or more.")
+        raise ValueError(
+            f"{name} must be a positive integer, got {value!r}. Fix: {name}=1 or more."
+        )
 
 
 __all__ = ["LNRemovalConfig", "check_fields"]

@@ -138,6 +138,25 @@ def _components(model: HookedModel, cache: Any) -> tuple[list[dict[str, Any]], l
     return rows, parts
 
 
+def _read(
+    model: HookedModel,
+    norm: str | None,
+    x: Float[Tensor, "*c b p d"],
+    readout: Float[Tensor, "b p d"],
+    scale: Float[Tensor, "b p 1"] | None,
+) -> Float[Tensor, "*c b p"]:
+    """The true-token logit read from ``x`` (without biases): through the final LayerNorm with
+    ``scale`` frozen, or with its live scale recomputed from ``x`` when ``scale`` is None."""
+    if norm is None:
+        return (x * readout).sum(-1)
+    ln = model.ln_final  # type: ignore[attr-defined]
+    w = ln.w.to(torch.float64) if norm == "LN" else torch.ones_like(readout[0, 0])
+    centred = x - x.mean(-1, keepdim=True)
+    if scale is None:
+        scale = (centred.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt()
+    return (centred / scale * w * readout).sum(-1)
+
+
 @torch.no_grad()
 def direct_logit_attribution(
     model: HookedModel,
@@ -185,25 +204,15 @@ def direct_logit_attribution(
         readout = W_U[:, target].permute(1, 2, 0)  # [b, p, d]
         resid = cache[final][:, :-1].to(torch.float64)
 
-        def read(x: Float[Tensor, "... b p d"], scale: Tensor | None) -> Tensor:
-            if norm is None:
-                return (x * readout).sum(-1)
-            ln = model.ln_final  # type: ignore[attr-defined]
-            w = ln.w.to(torch.float64) if norm == "LN" else torch.ones_like(readout[0, 0])
-            centred = x - x.mean(-1, keepdim=True)
-            if scale is None:  # recompute the live scale
-                scale = (centred.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt()
-            return (centred / scale * w * readout).sum(-1)
-
         bias = b_U[target]
         if norm == "LN":
             bias = bias + (model.ln_final.b.to(torch.float64) * readout).sum(-1)  # type: ignore[attr-defined]
         scale = None if norm is None else cache["ln_final.hook_scale"][:, :-1].to(torch.float64)
-        shares = read(comps, scale)  # [c, b, p]
-        full = read(resid, scale if norm is not None else None) + bias
+        shares = _read(model, norm, comps, readout, scale)  # [c, b, p]
+        full = _read(model, norm, resid, readout, scale) + bias
         true_logit = logits[:, :-1].to(torch.float64).gather(-1, target[..., None])[..., 0]
         max_err = max(max_err, float((shares.sum(0) + bias - true_logit).abs().max()))
-        without = read(resid[None] - comps, None) + bias
+        without = _read(model, norm, resid[None] - comps, readout, None) + bias
         gap = (shares - (full - without)).abs().sum((1, 2))
         sums = shares.sum((1, 2)) if sums is None else sums + shares.sum((1, 2))
         abs_sums = (

@@ -129,7 +129,9 @@ def export_ln_free(model: Any) -> Any:
     name = cfg_dict.get("model_name") or "model"
     cfg_dict["model_name"] = name if str(name).endswith("-noLN") else f"{name}-noLN"
     cfg = HookedTransformerConfig(**cfg_dict)
-    plain = HookedTransformer(cfg, tokenizer=getattr(model, "tokenizer", None), move_to_device=False)
+    plain = HookedTransformer(
+        cfg, tokenizer=getattr(model, "tokenizer", None), move_to_device=False
+    )
     plain.load_state_dict(state, strict=True)
     return plain.to(next(model.parameters()).device, print_details=False).eval()
 
@@ -158,7 +160,9 @@ def export_layernorm(model: Any) -> Any:
         if not any(k.startswith(f"{name}.") for name in lns) or k.rsplit(".", 1)[1] in _LN_KEYS
     }
     cfg = HookedTransformerConfig(**dict(model.cfg.to_dict()))
-    plain = HookedTransformer(cfg, tokenizer=getattr(model, "tokenizer", None), move_to_device=False)
+    plain = HookedTransformer(
+        cfg, tokenizer=getattr(model, "tokenizer", None), move_to_device=False
+    )
     plain.load_state_dict(state, strict=True)
     return plain.to(next(model.parameters()).device, print_details=False).eval()
 

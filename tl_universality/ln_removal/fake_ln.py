@@ -145,7 +145,7 @@ class FakeLayerNorm(nn.Module):
         bos: float | None = None,
         eot: float | None = None,
     ) -> None:
-        """Set the fixed σ of ``path`` (default every path); ``bos``/``eot`` default to ``sigma``."""
+        """Set the fixed σ of ``path`` (default: every path); ``bos``/``eot`` default to it."""
         for i in [self._index(path)] if path is not None else range(len(self.paths)):
             self.sigma[i] = float(sigma)
             self.sigma_bos[i] = float(sigma if bos is None else bos)

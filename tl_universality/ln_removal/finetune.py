@@ -89,7 +89,9 @@ def _batch_indices(config: LNRemovalConfig, step: int, n: int) -> Int[Tensor, " 
     rows = []
     epoch = start // n
     while len(rows) < config.batch_size:
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
+        perm = torch.randperm(
+            n, generator=torch.Generator().manual_seed(config.seed * 7919 + epoch)
+        )
         offset = start - epoch * n if not rows else 0
         rows.extend(perm[offset : offset + config.batch_size - len(rows)].tolist())
         epoch += 1
@@ -354,16 +356,22 @@ def remove_layernorm(
                     identity=identity,
                     step=done,
                     model_state=fake.state_dict(),
-                    optimizer_state=optimizer_tensors(optimizer, {id(p): n for n, p in named.items()}),
+                    optimizer_state=optimizer_tensors(
+                        optimizer, {id(p): n for n, p in named.items()}
+                    ),
                     history=pd.DataFrame(rows),
                     extra={"seconds": row["seconds"]},
                 )
             if callback is not None:
                 callback(
                     LNRemovalProgress(
-                        step, config.steps, row["loss"], row["aux_loss"], row["n_fake"],
+                        step,
+                        config.steps,
+                        row["loss"],
+                        row["aux_loss"],
+                        row["n_fake"],
                         tuple(e.label for e in by_step.get(step, [])),
-                    )  # fmt: skip
+                    )
                 )
     finally:
         bar.close()

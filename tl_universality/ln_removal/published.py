@@ -92,7 +92,14 @@ def from_hf_ln_free(
     cfg = _tl_config(hf_config, name)
     state = convert_gpt2_weights(hf_model, cfg)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_state_dict({k: v.detach().float().clone() for k, v in state.items()}, strict=True)
+    full = model.state_dict()  # buffers (masks) and GPT-2's absent unembedding bias (zeros)
+    unknown = set(state) - set(full)
+    if unknown:
+        raise ValueError(
+            f"hf_model has weights TransformerLens's GPT-2 lacks: {sorted(unknown)[:4]}."
+        )
+    full.update({k: v.detach().float().clone() for k, v in state.items()})
+    model.load_state_dict(full, strict=True)
     # A published LayerNorm divides by sqrt(var + eps) ≈ sqrt(eps): fold that into its weight.
     divisor = eps**0.5
     install_fake_layernorms(model)

@@ -126,8 +126,10 @@ class LNRemovalResult(Result):
             model=model,
             config=LNRemovalConfig.from_dict(meta["config"]),
             history=saved.table("history"),
-            events=[RemovalEvent(int(s), str(k), None if ly is None else int(ly))
-                    for s, k, ly in meta["events"]],  # fmt: skip
+            events=[
+                RemovalEvent(int(s), str(k), None if ly is None else int(ly))
+                for s, k, ly in meta["events"]
+            ],
             held_out_loss_before=float(meta["held_out_loss_before"]),
             held_out_loss_after=float(meta["held_out_loss_after"]),
             sigmas={k: float(v) for k, v in meta["sigmas"].items()},
