@@ -112,16 +112,17 @@ class LNRemovalResult(Result):
     @classmethod
     def _read(cls, saved: SavedFolder) -> LNRemovalResult:
         meta = saved.meta
-        tokenizer = None
         names = [n for n in saved.manifest["files"] if n.startswith(_TOKENIZER_PREFIX)]
-        if names:
-            from transformers import AutoTokenizer
+        # TransformerLens reloads a tokenizer from its folder: keep the folder while building.
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer = None
+            if names:
+                from transformers import AutoTokenizer
 
-            with tempfile.TemporaryDirectory() as tmp:
                 for name in names:
                     shutil.copyfile(saved.path(name), Path(tmp) / name[len(_TOKENIZER_PREFIX) :])
                 tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
-        model = model_from_json(saved.json("model_config"), saved.tensors("model"), tokenizer)
+            model = model_from_json(saved.json("model_config"), saved.tensors("model"), tokenizer)
         return cls(
             model=model,
             config=LNRemovalConfig.from_dict(meta["config"]),
