@@ -64,3 +64,13 @@ def test_export_layernorm_of_an_all_real_model_is_the_model():
     assert torch.equal(plain(toks), model(toks))
     with pytest.raises(ValueError, match="no longer a LayerNorm model"):
         export_layernorm(_all_fake(model))
+
+
+def test_folded_layernorm_pre_models_are_supported():
+    model = build_model(normalization_type="LNPre")
+    toks = tokens(2, 10)
+    fake = install_fake_layernorms(copy.deepcopy(model))
+    assert torch.equal(fake(toks), model(toks))  # weight 1, bias 0: the same model
+    fake = _all_fake(model)
+    with torch.no_grad():
+        assert float((export_ln_free(fake)(toks) - fake(toks)).abs().max()) <= 1e-5

@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens.components import LayerNorm
+from transformer_lens.components import LayerNorm, LayerNormPre
 from transformer_lens.hook_points import HookPoint
 
 from tl_universality.core.protocol import HookedModel, model_name
@@ -72,7 +72,7 @@ class FakeLayerNorm(nn.Module):
 
     Examples:
         >>> from transformer_lens import HookedTransformerConfig
-        >>> from transformer_lens.components import LayerNorm
+        >>> from transformer_lens.components import LayerNorm, LayerNormPre
         >>> ln = LayerNorm(HookedTransformerConfig(n_layers=1, d_model=4, n_ctx=4, d_head=2,
         ...                                        act_fn="relu", d_vocab=5))
         >>> fake = FakeLayerNorm(ln)
@@ -297,7 +297,8 @@ def install_fake_layernorms(
     original.
 
     Args:
-        model: A ``HookedTransformer`` with ``normalization_type="LN"`` (pre-norm blocks).
+        model: A ``HookedTransformer`` with ``normalization_type`` ``"LN"`` or ``"LNPre"`` (folded
+            weights, as ``from_pretrained`` loads them; weight 1 and bias 0 are put back), pre-norm.
         eot_token_id: The end-of-text id that keeps its own σ (None: no such token).
         momentum: Momentum of the σ moving averages.
 
@@ -309,12 +310,12 @@ def install_fake_layernorms(
             or its blocks are post-norm or normalise before and after.
     """
     norm = getattr(model.cfg, "normalization_type", None)
-    if norm != "LN":
+    if norm not in ("LN", "LNPre"):
         raise ValueError(
             f"{model_name(model)} has normalization_type={norm!r}; LayerNorm removal needs learned"
             " LayerNorms (normalization_type='LN'). Load the model with"
-            " HookedTransformer.from_pretrained(..., fold_ln=False, center_writing_weights=False)"
-            " or build it with normalization_type='LN'."
+            " HookedTransformer.from_pretrained(...) (LNPre, folded weights, also works) or build"
+            " it with normalization_type='LN'."
         )
     if getattr(model.cfg, "use_normalization_before_and_after", False):
         raise ValueError(
@@ -327,6 +328,8 @@ def install_fake_layernorms(
             f"{model_name(model)} already has fake LayerNorms; install_fake_layernorms runs once"
             " per model. Use the model as it is, or start from the original."
         )
+    if norm == "LNPre":  # folded LayerNorms: weight 1 and bias 0, made learnable again
+        _unfold_layernorm_pre(model)
     for block in model.blocks:  # type: ignore[attr-defined]
         if not isinstance(block.ln1, LayerNorm):
             raise ValueError(
@@ -344,6 +347,18 @@ def install_fake_layernorms(
     model.register_forward_pre_hook(_record_codes, with_kwargs=True)  # type: ignore[attr-defined]
     model.setup()  # type: ignore[attr-defined]  # rebuild hook_dict with the new hook points
     return model
+
+
+def _unfold_layernorm_pre(model: Any) -> None:
+    """Replace every ``LayerNormPre`` by a ``LayerNorm`` with weight 1 and bias 0 (same output)."""
+    device = next(model.parameters()).device
+    for block in model.blocks:
+        for name in ("ln1", "ln2"):
+            if isinstance(getattr(block, name, None), LayerNormPre):
+                setattr(block, name, LayerNorm(model.cfg).to(device))
+    if isinstance(getattr(model, "ln_final", None), LayerNormPre):
+        model.ln_final = LayerNorm(model.cfg).to(device)
+    model.cfg.normalization_type = "LN"
 
 
 def set_tracking(model: Any, tracking: bool) -> None:
