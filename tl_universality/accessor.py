@@ -29,6 +29,8 @@ from tl_universality.attention_decomposition import svd as svd_module
 from tl_universality.attention_decomposition import trace as trace_module
 from tl_universality.core.errors import AccessorError
 from tl_universality.flow import graph as flow_module
+from tl_universality.ln_removal import dla as dla_module
+from tl_universality.ln_removal import finetune as ln_removal_module
 from tl_universality.units import activations as activations_module
 
 AccessorT = TypeVar("AccessorT")
@@ -178,6 +180,10 @@ class UniversalityAccessor:
 
     # Flow graphs of one forward pass (docs/flow_graphs.md)
     flow_graph = _delegate(flow_module.flow_graph)
+
+    # LayerNorm removal (docs/ln_removal.md)
+    remove_layernorm = _delegate(ln_removal_module.remove_layernorm)
+    direct_logit_attribution = _delegate(dla_module.direct_logit_attribution)
 
     # SAE latents as units
     neuron_latent_correlation = _delegate(sae_module.neuron_latent_correlation)

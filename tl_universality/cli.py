@@ -212,6 +212,40 @@ def cmd_trace(args: argparse.Namespace) -> int:
                      _tokens(args))  # fmt: skip
 
 
+def cmd_remove_ln(args: argparse.Namespace) -> int:
+    from tl_universality.data import seeds
+    from tl_universality.ln_removal import remove_layernorm
+
+    models = load_models(args.models, family=args.family, device=args.device, progress=False)
+    train, held = args.tokens, None
+    if args.family:  # train on the family's training split, measure on its held-out split
+        family = seeds.train_seed_family(args.family, progress=False, device=args.device)
+        train, held = train or family.train_tokens(), family.held_out_tokens()
+    if train is None:
+        raise UniversalityError("remove-ln needs training tokens: pass --tokens or --family.")
+    for i, model in enumerate(models):
+        result = remove_layernorm(
+            model,
+            train,
+            held_out=held,
+            steps=args.steps,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=not args.quiet,
+            wandb=args.wandb_project if args.wandb else None,
+        )
+        out = _out(args) / "ln_removal" / f"model{i}"
+        result.save(out)
+        s = result.summary()
+        print(
+            f"{s['model']}: {s['steps']} steps, {s['tokens']} tokens, {s['seconds']:.1f} s,"
+            f" held-out loss {s['held_out_loss_before']:.4f} -> {s['held_out_loss_after']:.4f};"
+            f" saved to {out}"
+        )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     page = report.build_report(args.dir)
     print(f"report: {page}")
@@ -388,6 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write the HTML report of a results folder")
     p.add_argument("dir", help="a results folder (the --out of the other commands)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("remove-ln", help="remove every LayerNorm by fine-tuning (LN-free models)")
+    _models(p)
+    _common(p, tokens=False)
+    p.add_argument("--tokens", default=None, help="training tokens (default: the family's)")
+    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (default: 300)")
+    p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate (default: 6e-4)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step (default: 16)")
+    p.set_defaults(func=cmd_remove_ln)
 
     p = sub.add_parser("demo", help="run the whole study offline on the embedded seed family")
     p.add_argument("--preset", default="demo", help="tiny or demo (default: %(default)s)")
