@@ -232,7 +232,7 @@ def test_train_sae_caches_reconstructs_and_rebuilds(tmp_path, monkeypatch):
     assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.metadata.hook_name) == (32, 64, hook)
     folder = tmp_path / next(p.name for p in tmp_path.iterdir())
     assert {p.name for p in folder.iterdir()} == {"cfg.json", "sae_weights.safetensors",
-                                                  "train.json"}  # fmt: skip
+                                                  "train.json", "manifest.json"}  # fmt: skip
 
     (acts,) = collect_activations(model, held, units=hook, bos_token_id=BOS, progress=False)
     total = float((acts - acts.mean(0)).pow(2).sum(-1).mean())
@@ -256,6 +256,20 @@ def test_train_sae_caches_reconstructs_and_rebuilds(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="damaged"):
         rebuilt = train_sae(model, train, hook, **settings)
     torch.testing.assert_close(rebuilt.W_dec, sae.W_dec)
+
+    # A flipped byte inside the weights still parses as safetensors: the checksum finds it.
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x40  # a high byte of the last float: another valid number
+    weights.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="does not match its checksum"):
+        rebuilt = train_sae(model, train, hook, **settings)
+    for name, value in sae.state_dict().items():
+        assert torch.equal(value, rebuilt.state_dict()[name]), name
+    # So does a changed record (e.g. another key written by hand).
+    record = folder / "train.json"
+    record.write_text(record.read_text().replace('"seed": 0', '"seed": 1'))
+    with pytest.warns(UserWarning, match=r"train\.json does not match its checksum"):
+        train_sae(model, train, hook, **settings)
 
     # Other settings are another cache entry.
     train_sae(model, train, hook, **{**settings, "total_tokens": 2048})

@@ -50,3 +50,19 @@ class CorruptCacheError(UniversalityError, OSError):
 
 class CheckpointMismatchError(UniversalityError, ValueError):
     """A checkpoint folder holds a run made with different arguments (models, tokens, units...)."""
+
+
+class InvalidArgumentError(UniversalityError, ValueError, TypeError):
+    """An argument of a public function has the wrong type or is out of range.
+
+    A ``ValueError`` and a ``TypeError`` at once, so either ``except`` clause catches it. The
+    message names the argument, the value and the fix.
+    """
+
+
+class InvalidTokensError(InvalidArgumentError):
+    """Token ids that are not integers, not 1-D/2-D, or outside ``[0, d_vocab)``."""
+
+
+class TokenFileError(UniversalityError, ValueError):
+    """A token file (text, JSONL, parquet) cannot be read; the message names the file and line."""

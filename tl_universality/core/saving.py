@@ -12,8 +12,12 @@ Writes are atomic. A folder is written into a temporary sibling and then swapped
 Linux with one ``renameat2(RENAME_EXCHANGE)`` call, elsewhere by renaming the old folder aside,
 renaming the new one in, and deleting the old; a reader that finds only the set-aside folder
 restores it. So a kill at any moment leaves the old folder or the new one under the final name.
-Temporary files and folders carry the writer's process id; the next write to the same place
-removes those of processes that are gone.
+Temporary files and folders carry the writer's host and process id; the next write into the same
+folder removes those of processes of this host that are gone (never those of a live write, nor
+those of another machine sharing the folder over a network file system).
+
+Every typed read (tensors, table, JSON) checks the SHA-256 of the very bytes it parses, so a folder
+re-saved by another process between opening and reading is an error, never a mix of two saves.
 
 Examples:
     >>> import tempfile, torch
@@ -30,9 +34,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -72,45 +79,55 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _pid_of(name: str, marker: str) -> int | None:
-    try:
-        return int(name.split(marker, 1)[1].split("-", 1)[0])
-    except (IndexError, ValueError):
+#: Names temporary files and folders after this machine, so a write in progress on another host
+#: that shares the folder (NFS, a cluster's home) is never taken for a dead one of ours.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+# ".{target}.partial-{pid}-{host}-{random}" (or ".old-"); older versions wrote no host.
+_LEFTOVER = re.compile(r"^\.(?P<target>.+?)(?P<marker>\.partial-|\.old-)(?P<pid>\d+)-(?P<rest>.*)$")
+
+
+def _stale(name: str) -> tuple[str, str] | None:
+    """``(target, marker)`` when ``name`` is a leftover of a dead writer of this host."""
+    match = _LEFTOVER.match(name)
+    if match is None:
         return None
+    rest = match["rest"]
+    if "-" in rest and rest.split("-", 1)[0] != _HOST:
+        return None  # another machine's write: its process ids mean nothing here
+    if _pid_alive(int(match["pid"])):
+        return None
+    return match["target"], match["marker"]
 
 
-def remove_leftovers(path: Path) -> list[Path]:
+def remove_leftovers(path: Path, *, siblings: bool = False) -> list[Path]:
     """Remove what killed writes of ``path`` left beside it; restore a set-aside old folder.
 
-    Returns the paths removed. Leftovers of a live process (a write in progress) are kept.
+    With ``siblings=True``, also those of every other entry of ``path``'s folder. Returns the
+    paths removed. Leftovers of a live process (a write in progress) and of other hosts are kept.
     """
     path = Path(path)
     parent = path.parent
     removed: list[Path] = []
     if not parent.is_dir():
         return removed
-    for entry in parent.iterdir():
-        name = entry.name
-        for marker in (_PARTIAL, _OLD):
-            prefix = f".{path.name}{marker}"
-            if not name.startswith(prefix):
-                continue
-            pid = _pid_of(name, marker)
-            if pid is not None and _pid_alive(pid):
-                continue
-            if marker == _OLD and not path.exists():
-                os.replace(entry, path)  # the swap was killed half-way: keep the old folder
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed.append(entry)
+    for entry in sorted(parent.iterdir()):
+        stale = _stale(entry.name)
+        if stale is None or not (siblings or stale[0] == path.name):
+            continue
+        target = parent / stale[0]
+        if stale[1] == _OLD and not target.exists():
+            os.replace(entry, target)  # the swap was killed half-way: keep the old folder
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
     return removed
 
 
 def _temp_sibling(path: Path, directory: bool) -> Path:
-    prefix = f".{path.name}{_PARTIAL}{os.getpid()}-"
+    prefix = f".{path.name}{_PARTIAL}{os.getpid()}-{_HOST}-"
     if directory:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
@@ -139,7 +156,7 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     if _exchange(tmp, final):
         shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
         return
-    old = final.parent / f".{final.name}{_OLD}{os.getpid()}-{os.urandom(4).hex()}"
+    old = final.parent / f".{final.name}{_OLD}{os.getpid()}-{_HOST}-{os.urandom(4).hex()}"
     os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
@@ -163,7 +180,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             f"{final} is a file, so a result folder cannot be written there. Pass a folder path."
         )
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(final)
+    remove_leftovers(final, siblings=True)
     tmp = _temp_sibling(final, directory=True)
     try:
         yield tmp
@@ -177,7 +194,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(path)
+    remove_leftovers(path, siblings=True)
     tmp = _temp_sibling(path, directory=False)
     try:
         with open(tmp, "wb") as f:
@@ -292,19 +309,34 @@ class SavedFolder:
         """Whether the manifest lists a file of this name."""
         return name in self.manifest["files"]
 
+    def _verified_bytes(self, name: str, entry: dict[str, Any]) -> bytes:
+        """The bytes of ``name``, checked against the manifest as they are read."""
+        file = self.root / name
+        with reading_saved(file, self._what, self._fix):
+            data = file.read_bytes()
+        if len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get(
+            "sha256"
+        ):
+            raise CorruptCacheError(
+                f"{file} changed after {self.root / MANIFEST} was checked (the folder was saved"
+                f" again while being read, or damaged). Fix: load it again; {self._fix}"
+            )
+        return data
+
     def tensors(self, stem: str) -> dict[str, Any]:
         """Load ``{stem}.safetensors``; shapes and dtypes are checked against the manifest."""
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
         name = f"{stem}.safetensors"
-        expected = self._entry(name, "tensors")["tensors"]
+        entry = self._entry(name, "tensors")
+        data = self._verified_bytes(name, entry)
         with reading_saved(self.root / name, self._what, self._fix):
-            loaded = load_file(self.root / name)
+            loaded = load(data)
         got = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in loaded.items()}
-        if got != expected:
+        if got != entry.get("tensors"):
             raise CorruptCacheError(
                 f"{self.root / name} holds tensors whose names, shapes or dtypes differ from its"
-                f" manifest. Fix: {self._fix}"
+                f" manifest ({_tensor_difference(entry.get('tensors'), got)}). Fix: {self._fix}"
             )
         return loaded
 
@@ -314,25 +346,41 @@ class SavedFolder:
 
         name = f"{stem}.parquet"
         entry = self._entry(name, "table")
+        data = self._verified_bytes(name, entry)
         with reading_saved(self.root / name, self._what, self._fix):
-            frame = pd.read_parquet(self.root / name)
-        if len(frame) != entry["rows"] or [str(c) for c in frame.columns] != entry["columns"]:
+            frame = pd.read_parquet(io.BytesIO(data))
+        if len(frame) != entry.get("rows") or [str(c) for c in frame.columns] != entry.get(
+            "columns"
+        ):
             raise CorruptCacheError(
-                f"{self.root / name} has a different shape from its manifest. Fix: {self._fix}"
+                f"{self.root / name} has {len(frame)} rows and columns {list(frame.columns)}; its"
+                f" manifest says {entry.get('rows')} rows and {entry.get('columns')}."
+                f" Fix: {self._fix}"
             )
         return frame
 
     def json(self, stem: str) -> Any:
         """Load ``{stem}.json``."""
         name = f"{stem}.json"
-        self._entry(name, "json")
+        data = self._verified_bytes(name, self._entry(name, "json"))
         with reading_saved(self.root / name, self._what, self._fix):
-            return json.loads((self.root / name).read_text())
+            return json.loads(data)
 
     def path(self, name: str) -> Path:
         """The verified path of a file written with ``write_bytes`` or ``add_file``."""
         self._entry(name, "bytes")
         return self.root / name
+
+
+def _tensor_difference(expected: Any, got: dict[str, Any]) -> str:
+    if not isinstance(expected, dict):
+        return f"the manifest lists {expected!r}"
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    changed = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    parts = [f"missing {missing}"] * bool(missing) + [f"unexpected {extra}"] * bool(extra)
+    parts += [f"{k}: {got[k]['dtype']}{got[k]['shape']}, expected {expected[k]}" for k in changed]
+    return "; ".join(parts)
 
 
 def read_manifest(path: Path, fmt: str, version: int, what: str, fix: str) -> dict[str, Any]:
@@ -358,6 +406,9 @@ def read_manifest(path: Path, fmt: str, version: int, what: str, fix: str) -> di
         for key, kind in (("files", dict), ("meta", dict), ("format", str), ("version", int)):
             if not isinstance(manifest.get(key), kind):
                 raise ValueError(f"{key!r} is missing or not a {kind.__name__}")
+        for name, entry in manifest["files"].items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
+                raise ValueError(f"its entry for {name!r} is not an object with a 'kind'")
     if manifest["format"] != fmt:
         raise CorruptCacheError(
             f"{path} holds a {manifest['format']!r}, not a saved {what} ({fmt!r}). Fix: load it"

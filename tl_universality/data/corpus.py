@@ -15,6 +15,11 @@ Both the corpus and the tokenizer are built once and cached under ``cache_root()
   from its ``name_or_path`` to switch on BOS, so the tokenizer we hand out is always the one
   *reloaded* from that folder, never the in-memory object we trained.
 
+Both are saved folders of :mod:`tl_universality.core.saving`: a ``manifest.json`` records each
+file's size and SHA-256, checked on every load. A damaged entry (a flipped byte, a corpus cut at a
+line boundary, a missing file, an entry of an older version without checksums) is rebuilt with a
+warning; building is deterministic, so the rebuilt entry equals the lost one.
+
 Examples:
     >>> docs = build_corpus()
     >>> len(docs) > 1000 and all(isinstance(d, str) and d for d in docs)
@@ -28,6 +33,7 @@ import json
 import sys
 import sysconfig
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +41,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tl_universality.core.cache import cache_root, stable_hash
 from tl_universality.core.errors import CorruptCacheError
-from tl_universality.core.saving import atomic_dir, atomic_write_json
+from tl_universality.core.saving import open_saved, read_manifest, save_folder
 
 #: The one special token: beginning of sequence, end of document, padding and unknown.
 SPECIAL_TOKEN = "<|endoftext|>"
@@ -43,6 +49,9 @@ SPECIAL_TOKEN = "<|endoftext|>"
 # Bump when the way documents are gathered changes, so old caches are not reused.
 _CORPUS_FORMAT = 1
 _TOKENIZER_FORMAT = 1
+# Manifest tags of the two cache folders (core.saving); their versions are the formats above.
+_CORPUS_TAG = "tl_universality.corpus"
+_TOKENIZER_TAG = "tl_universality.tokenizer"
 
 # Folders (anywhere in a path) whose files are not part of the corpus: test suites are mostly
 # code fixtures, site-packages is not the standard library, and encodings holds codec tables.
@@ -141,17 +150,29 @@ def corpus_path(include_source: bool = False) -> Path:
     """
     folder = cache_root() / "corpus" / stable_hash(corpus_key(include_source))
     path = folder / "corpus.jsonl"
-    if path.is_file() and (folder / "info.json").is_file():
+    try:
+        _corpus_meta(folder)
         return path
+    except CorruptCacheError as err:
+        if folder.exists():
+            warnings.warn(f"{err} Rebuilding the corpus cache.", stacklevel=2)
     docs = _gather_documents(include_source)
-    with atomic_dir(folder) as tmp:
-        with open(tmp / "corpus.jsonl", "w", encoding="utf-8") as f:
+    info = dict(corpus_key(include_source), n_documents=len(docs))
+    info["n_characters"] = sum(len(d) for d in docs)
+    with save_folder(folder, _CORPUS_TAG, _CORPUS_FORMAT, meta=info) as out:
+        with open(out.add_file("corpus.jsonl"), "w", encoding="utf-8") as f:
             for doc in docs:
                 f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
-        info = dict(corpus_key(include_source), n_documents=len(docs))
-        info["n_characters"] = sum(len(d) for d in docs)
-        atomic_write_json(tmp / "info.json", info)
+        out.write_json("info", info)
     return path
+
+
+def _corpus_meta(folder: Path) -> dict:
+    """The verified manifest meta of a corpus cache folder (``CorruptCacheError`` if damaged)."""
+    fix = f"delete {folder} and call build_corpus() again (it is rebuilt from the interpreter)."
+    with open_saved(folder, _CORPUS_TAG, _CORPUS_FORMAT, what="corpus cache", fix=fix) as saved:
+        saved.path("corpus.jsonl")
+        return dict(saved.meta)
 
 
 def build_corpus(include_source: bool = False) -> list[str]:
@@ -177,12 +198,19 @@ def build_corpus(include_source: bool = False) -> list[str]:
     path = corpus_path(include_source)
     try:
         with open(path, encoding="utf-8") as f:
-            return [json.loads(line)["text"] for line in f]
-    except (OSError, json.JSONDecodeError, KeyError) as err:
+            docs = [json.loads(line)["text"] for line in f]
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise CorruptCacheError(
             f"The cached corpus {path} is unreadable ({err}). "
             f"Fix: delete {path.parent} and call build_corpus() again."
         ) from err
+    expected = _corpus_meta(path.parent)["n_documents"]
+    if len(docs) != expected:  # changed between the check and the read (a concurrent rebuild)
+        raise CorruptCacheError(
+            f"The cached corpus {path} holds {len(docs)} documents, its manifest {expected}."
+            f" Fix: delete {path.parent} and call build_corpus() again."
+        )
+    return docs
 
 
 def corpus_info(include_source: bool = False) -> dict:
@@ -192,8 +220,7 @@ def corpus_info(include_source: bool = False) -> dict:
         >>> corpus_info()["n_documents"] > 1000
         True
     """
-    path = corpus_path(include_source)
-    return json.loads((path.parent / "info.json").read_text())
+    return _corpus_meta(corpus_path(include_source).parent)
 
 
 def tokenizer_folder(vocab_size: int = 4096, include_source: bool = False) -> Path:
@@ -215,6 +242,8 @@ def _reload(folder: Path) -> PreTrainedTokenizerBase:
     """Load a saved tokenizer folder (local files only, never the network)."""
     from transformers import AutoTokenizer
 
+    fix = f"delete {folder} and call load_default_tokenizer() again."
+    read_manifest(folder, _TOKENIZER_TAG, _TOKENIZER_FORMAT, what="tokenizer", fix=fix)
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as err:  # any failure means the folder is unusable
@@ -296,8 +325,11 @@ def train_tokenizer(
         unk_token=SPECIAL_TOKEN,
         model_max_length=1_000_000,  # the model's n_ctx limits length, not the tokenizer
     )
-    with atomic_dir(folder) as tmp:
-        wrapped.save_pretrained(str(tmp))
+    meta = {"vocab_size": int(vocab_size), "include_source": bool(include_source)}
+    with save_folder(folder, _TOKENIZER_TAG, _TOKENIZER_FORMAT, meta=meta) as out:
+        wrapped.save_pretrained(str(out.root))
+        for file in sorted(out.root.iterdir()):
+            out.add_file(file.name)  # checksummed as they are
     return _reload(folder)
 
 
@@ -319,12 +351,12 @@ def load_default_tokenizer(
         (512, '<|endoftext|>', 'def f(x):')
     """
     folder = tokenizer_folder(vocab_size, include_source)
-    if (folder / "tokenizer.json").is_file():
+    if folder.exists():
         try:
             return _reload(folder)
-        except CorruptCacheError:
+        except CorruptCacheError as err:
             # A broken cache entry is rebuilt: training is cheap and deterministic.
-            pass
+            warnings.warn(f"{err} Retraining the tokenizer cache.", stacklevel=2)
     return train_tokenizer(vocab_size, include_source=include_source)
 
 

@@ -22,7 +22,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tl_universality.core.errors import HookError, NonFiniteActivationError
+from tl_universality.core.errors import HookError, InvalidArgumentError, NonFiniteActivationError
 from tl_universality.core.protocol import (
     HookedModel,
     check_hooks_exist,
@@ -30,6 +30,7 @@ from tl_universality.core.protocol import (
     mlp_hook_names,
     model_name,
 )
+from tl_universality.core.validate import check_device, check_int
 from tl_universality.data.tokens.resolve import Tokens
 
 
@@ -367,6 +368,14 @@ def stream_activations(
     models = _as_models(models)
     if not models:
         raise ValueError("stream_activations needs at least one model.")
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    start_sequence = check_int("start_sequence", start_sequence, minimum=0)
+    check_device("device", device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InvalidArgumentError(
+            f"dtype={dtype!r} is not a floating-point torch dtype. Fix: pass e.g."
+            " dtype=torch.float32 or dtype=torch.float64."
+        )
     check_same_tokenizer(models)
     specs = list(units) if is_per_model(units, len(models)) else [units] * len(models)
     resolved = [_resolve(m, spec) for m, spec in zip(models, specs, strict=True)]

@@ -123,21 +123,31 @@ def _quiet_sae_lens(quiet: bool) -> Iterator[None]:
             module.tqdm = original
 
 
+_SAE_TAG = "tl_universality.sae"  # the cache folder's manifest tag (core.saving)
+
+
 def _load_cached_sae(folder: Path, key: dict[str, Any], device: str) -> Any:
-    """The SAE cached in ``folder`` if it was trained with ``key``; CorruptCacheError if broken."""
+    """The SAE cached in ``folder`` if it was trained with ``key``; CorruptCacheError if broken.
+
+    Every file is checked against the folder's manifest (size and SHA-256) before sae-lens reads
+    it, so a flipped byte in the weights is found, not loaded.
+    """
     from sae_lens import SAE
 
     from tl_universality.core.errors import CorruptCacheError
+    from tl_universality.core.saving import open_saved
 
-    try:
-        record = json.loads((folder / _RECORD).read_text())
+    fix = f"delete {folder}; train_sae retrains it."
+    with open_saved(folder, _SAE_TAG, _SAE_FORMAT, what="SAE cache entry", fix=fix) as saved:
+        record = saved.json(_RECORD.removesuffix(".json"))
+        for name in ("cfg.json", "sae_weights.safetensors"):
+            saved.path(name)
         if record.get("key") != json.loads(json.dumps(key, default=str)):
             raise CorruptCacheError(f"{folder / _RECORD} was written for other settings")
-        sae = SAE.load_from_disk(folder, device=device)
-    except CorruptCacheError:
-        raise
-    except Exception as err:  # missing file, bad JSON, truncated safetensors, unknown fields
-        raise CorruptCacheError(f"{type(err).__name__}: {err}") from err
+        try:
+            sae = SAE.load_from_disk(folder, device=device)
+        except Exception as err:  # unknown fields, a newer sae-lens layout
+            raise CorruptCacheError(f"{type(err).__name__}: {err}") from err
     with torch.no_grad():
         # The loaded tensors may be memory-mapped from the cache file; own copies keep the SAE
         # valid if the cache entry is later rebuilt, deleted or damaged.
@@ -189,8 +199,9 @@ def train_sae(
     The SAE is cached under ``cache_root()/saes/<hook>-<architecture>-<d_sae>-<hash>/`` (the hash
     covers the model's weights, the tokens read and every setting) as sae-lens writes it
     (``sae_weights.safetensors`` + ``cfg.json``, no pickle) plus ``train.json``, written
-    atomically. A second call with the same settings loads it with ``SAE.load_from_disk``; a
-    damaged folder is rebuilt with a warning.
+    atomically with a checksummed ``manifest.json`` (:mod:`tl_universality.core.saving`). A second
+    call with the same settings verifies and loads it with ``SAE.load_from_disk``; a damaged
+    folder (any flipped byte) is rebuilt with a warning.
 
     Args:
         model: the model whose activations the SAE reconstructs.
@@ -246,10 +257,18 @@ def train_sae(
     from tl_universality.core.cache import cache_root, stable_hash
     from tl_universality.core.errors import CorruptCacheError
     from tl_universality.core.protocol import model_name
-    from tl_universality.core.saving import atomic_dir, atomic_write_json
+    from tl_universality.core.saving import save_folder
+    from tl_universality.core.validate import check_device, check_int, check_number
     from tl_universality.data.tokens import as_token_source
     from tl_universality.units.activations import model_device, unit_index
 
+    d_sae = check_int("d_sae", d_sae, minimum=1)
+    total_tokens = check_int("total_tokens", total_tokens, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    model_batch_size = check_int("model_batch_size", model_batch_size, minimum=1)
+    buffer_tokens = check_int("buffer_tokens", buffer_tokens, minimum=2, optional=True)
+    lr = check_number("lr", lr, minimum=0, strict_minimum=True)
+    check_device("device", device)
     if architecture not in SAE_TRAINING_CLASS_REGISTRY:
         raise ValueError(
             f"Unknown SAE architecture {architecture!r}; sae-lens can train"
@@ -389,9 +408,11 @@ def train_sae(
         "model_name": model_name(model),
         "sae_lens_version": training_sae.cfg.metadata.sae_lens_version,
     }
-    with atomic_dir(folder) as tmp:
-        training_sae.save_inference_model(tmp)
-        atomic_write_json(tmp / _RECORD, record)
+    with save_folder(folder, _SAE_TAG, _SAE_FORMAT, meta={"key": key}) as out:
+        training_sae.save_inference_model(out.root)
+        for file in sorted(out.root.iterdir()):
+            out.add_file(file.name)  # sae-lens's files, checksummed as written
+        out.write_json(_RECORD.removesuffix(".json"), record)
     # Return what the cache holds, so a first and a later call give identical objects.
     sae = _load_cached_sae(folder, key, device)
     sae.cfg.metadata.cache_folder = str(folder)

@@ -10,7 +10,8 @@ from typing import Any, TypeAlias
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from tl_universality.core.errors import SequenceTooLongError
+from tl_universality.core.errors import InvalidArgumentError, SequenceTooLongError
+from tl_universality.core.validate import check_int, check_tokens
 from tl_universality.data.tokens.sources import TensorTokenSource, TokenSource
 from tl_universality.data.tokens.text import (
     DefaultCorpusSource,
@@ -61,7 +62,11 @@ def resolve_tokens(
       tokenizer's, else (a 2-D token tensor of a model without a tokenizer) the first token of the
       first row, which every row must then start with; positions holding BOS or padding are left
       out of every statistic;
-    - the sequences must fit every model's context (``SequenceTooLongError`` otherwise).
+    - the sequences must fit every model's context (``SequenceTooLongError`` otherwise);
+    - token ids must be integers in ``[0, d_vocab)`` of every model: a tensor is checked at once,
+      a text source as it is read (:class:`~tl_universality.core.errors.InvalidTokensError`
+      naming the position and the id); ``seq_len``, ``max_tokens`` and ``bos_token_id`` must be
+      whole numbers in range (:class:`~tl_universality.core.errors.InvalidArgumentError`).
 
     Called once per analysis; a :class:`TokenSource` passes through unchanged (``max_tokens``
     still applies).
@@ -87,7 +92,24 @@ def resolve_tokens(
         ValueError: Row 1 of the token tensor starts with 1, not BOS (0)...
     """
     models = list(models) if isinstance(models, Sequence) else [models]
+    seq_len = check_int("seq_len", seq_len, minimum=2, optional=True)
+    max_tokens = check_int("max_tokens", max_tokens, minimum=1, optional=True)
+    bos_token_id = check_int("bos_token_id", bos_token_id, minimum=0, optional=True)
+    d_vocab = _d_vocab(models)
+    if bos_token_id is not None and d_vocab is not None and bos_token_id >= d_vocab:
+        raise InvalidArgumentError(
+            f"bos_token_id={bos_token_id} is not a token id of the model (d_vocab={d_vocab})."
+            " Fix: pass the BOS id of the model's tokenizer."
+        )
     tokenizer = getattr(models[0], "tokenizer", None)
+    if isinstance(tokens, Tensor):
+        check_tokens(tokens, d_vocab=d_vocab)
+    elif tokenizer is None and isinstance(tokens, str | os.PathLike) and tokens != "default":
+        raise InvalidArgumentError(
+            f"tokens={str(tokens)!r} is text, and the model has no tokenizer to turn it into ids."
+            " Fix: give the model its tokenizer (HookedTransformer(cfg, tokenizer=...)), or"
+            " tokenize the text yourself and pass the ids as a tensor."
+        )
     if (
         isinstance(tokens, Tensor)
         and bos_token_id is None
@@ -110,7 +132,17 @@ def resolve_tokens(
     )
     for model in models:
         check_fits(source, model)
+    if d_vocab is not None:
+        source = source.check_vocab(d_vocab)
     return source
+
+
+def _d_vocab(models: Sequence[Any]) -> int | None:
+    """The smallest vocabulary of the models (ids must fit all), None if one does not say."""
+    sizes = [getattr(getattr(m, "cfg", None), "d_vocab", None) for m in models]
+    if any(not isinstance(size, int) or size < 1 for size in sizes):
+        return None
+    return min(sizes)
 
 
 def as_token_source(
@@ -154,6 +186,8 @@ def as_token_source(
         >>> as_token_source(torch.tensor([[0, 1, 2]]), bos_token_id=0, max_tokens=3).n_sequences
         1
     """
+    seq_len = check_int("seq_len", seq_len, minimum=2)
+    max_tokens = check_int("max_tokens", max_tokens, minimum=1, optional=True)
     source: TokenSource
     if isinstance(tokens, TokenSource):
         source = tokens

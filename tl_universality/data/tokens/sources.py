@@ -11,6 +11,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_universality.core.errors import EmptyTokenSourceError
+from tl_universality.core.validate import check_int, check_number, check_token_range, check_tokens
 
 # Documents are tokenized this many at a time: the fast tokenizer parallelises within a batch.
 TOKENIZE_BATCH = 256
@@ -51,6 +52,8 @@ class TokenSource:
     name: str
 
     def __init__(self, seq_len: int, bos_token_id: int, name: str) -> None:
+        seq_len = check_int("seq_len", seq_len)
+        bos_token_id = check_int("bos_token_id", bos_token_id, minimum=0)
         if seq_len < 2:
             raise ValueError(f"seq_len={seq_len}: sequences need BOS plus at least one token.")
         self.seq_len = int(seq_len)
@@ -60,6 +63,8 @@ class TokenSource:
         self._splits: tuple[tuple[int, float, bool], ...] = ()
         self._max_sequences: int | None = None
         self._count: int | None = None
+        # Set by :meth:`check_vocab`: every id read must be below this (the model's d_vocab).
+        self._d_vocab: int | None = None
 
     # -- what subclasses provide ---------------------------------------------------------------
 
@@ -92,6 +97,10 @@ class TokenSource:
         produced = 0
         if self._max_sequences != 0:
             for block in self._units(self._keep):
+                if self._d_vocab is not None:
+                    check_token_range(
+                        block, self._d_vocab, name=f"{self.name}: sequence", row_offset=produced
+                    )
                 for row in block:
                     yield row
                     produced += 1
@@ -112,8 +121,7 @@ class TokenSource:
             >>> [tuple(b.shape) for b in src.batches(2)]
             [(2, 4), (2, 4), (1, 4)]
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        batch_size = check_int("batch_size", batch_size, minimum=1)
         rows: list[Tensor] = []
         for seq in self.sequences():
             rows.append(seq)
@@ -181,6 +189,8 @@ class TokenSource:
             >>> train.n_sequences + held.n_sequences, 5 < held.n_sequences < 40
             (100, True)
         """
+        held_out = check_number("held_out", held_out)
+        seed = check_int("seed", seed)
         if not 0.0 < held_out < 1.0:
             raise ValueError(f"held_out must be a fraction in (0, 1), got {held_out}.")
         parts = []
@@ -200,6 +210,7 @@ class TokenSource:
             >>> src.limit(9).n_tokens
             8
         """
+        max_tokens = check_int("max_tokens", max_tokens, minimum=1)
         if max_tokens < self.seq_len:
             raise ValueError(
                 f"max_tokens={max_tokens} is less than one sequence of {self.seq_len} tokens. "
@@ -211,6 +222,22 @@ class TokenSource:
         part.name = f"{self.name} [first {part._max_sequences * self.seq_len} tokens]"
         return part
 
+    def check_vocab(self, d_vocab: int) -> TokenSource:
+        """A source that raises :class:`~tl_universality.core.errors.InvalidTokensError` when it
+        reads an id outside ``[0, d_vocab)``, naming the sequence and position.
+
+        Examples:
+            >>> import torch
+            >>> src = TensorTokenSource(torch.tensor([[0, 1], [0, 12]]), 0).check_vocab(10)
+            >>> src.to_tensor()  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            tl_universality.core.errors.InvalidTokensError: ...sequence[1, 1] = 12 is not a token...
+        """
+        part = self._copy()
+        part._d_vocab = check_int("d_vocab", d_vocab, minimum=1)
+        return part
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}, seq_len={self.seq_len})"
 
@@ -218,6 +245,8 @@ class TokenSource:
 class TensorTokenSource(TokenSource):
     """Token ids already in memory.
 
+    Ids must be integers (not bool, not float: a cast would round 2.7 to 2 silently), at least 0,
+    and below ``d_vocab`` when given (:func:`~tl_universality.core.validate.check_tokens`).
     A 2-D ``[n, seq]`` tensor is used row by row as it is: every row must start with
     ``bos_token_id`` (else a ValueError), unless ``prepend_bos=True``, which prepends BOS to every
     row (``seq_len = seq + 1``), as ``model.to_tokens`` does. A 1-D tensor is a stream of ids
@@ -230,6 +259,7 @@ class TensorTokenSource(TokenSource):
         seq_len: Sequence length for a 1-D stream (ignored for 2-D tensors, whose width rules).
         prepend_bos: Prepend BOS to the rows of a 2-D tensor.
         name: Description for messages.
+        d_vocab: The models' vocabulary size, when known: ids must be below it.
 
     Examples:
         >>> import torch
@@ -240,13 +270,22 @@ class TensorTokenSource(TokenSource):
 
     def __init__(
         self,
-        tokens: Int[Tensor, "n seq"] | Int[Tensor, " stream"],
+        tokens: Tensor,  # ids [n, seq] or [stream]; any dtype, checked here (not cast)
         bos_token_id: int,
         *,
         seq_len: int = 128,
         prepend_bos: bool = False,
         name: str | None = None,
+        d_vocab: int | None = None,
     ) -> None:
+        check_tokens(tokens, d_vocab=d_vocab)
+        bos_token_id = check_int("bos_token_id", bos_token_id, minimum=0)
+        if d_vocab is not None and bos_token_id >= d_vocab:
+            raise ValueError(
+                f"bos_token_id={bos_token_id} is not a token id of the model (d_vocab={d_vocab})."
+                " Fix: pass the BOS id of the model's tokenizer."
+            )
+        seq_len = check_int("seq_len", seq_len)
         tokens = tokens.detach().to("cpu", torch.long)
         if tokens.ndim == 2:
             if prepend_bos:

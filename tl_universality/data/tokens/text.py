@@ -13,7 +13,23 @@ from jaxtyping import Int
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from tl_universality.core.errors import TokenFileError
 from tl_universality.data.tokens.sources import PARQUET_BATCH, TOKENIZE_BATCH, TokenSource
+
+
+def _bad_utf8(path: Path, err: UnicodeDecodeError) -> TokenFileError:
+    """The error for a file that is not UTF-8, naming the first bad line (found by re-reading)."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return TokenFileError(
+                    f"Line {line_no} of {path} is not valid UTF-8 (byte {raw[bad.start]:#04x} at"
+                    f" column {bad.start + 1}). Fix: re-encode the file as UTF-8, e.g."
+                    f" iconv -f latin1 -t utf-8, or remove that line."
+                )
+    return TokenFileError(f"{path} is not valid UTF-8 ({err}). Fix: re-encode it as UTF-8.")
 
 
 class TextTokenSource(TokenSource):
@@ -113,12 +129,15 @@ class TextFileSource(TextTokenSource):
     def documents(self) -> Iterator[str]:
         lines: list[str] = []
         with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    lines.append(line.rstrip("\n"))
-                elif lines:
-                    yield "\n".join(lines)
-                    lines = []
+            try:
+                for line in f:
+                    if line.strip():
+                        lines.append(line.rstrip("\n"))
+                    elif lines:
+                        yield "\n".join(lines)
+                        lines = []
+            except UnicodeDecodeError as err:
+                raise _bad_utf8(self.path, err) from None
         if lines:
             yield "\n".join(lines)
 
@@ -157,16 +176,38 @@ class JsonlSource(_FieldFileSource):
 
     def documents(self) -> Iterator[str]:
         with open(self.path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if self.text_field not in record:
-                    raise ValueError(
-                        f"Line {line_no} of {self.path} has no field {self.text_field!r} "
-                        f"(fields: {sorted(record)}). Fix: pass text_field=..."
-                    )
-                yield record[self.text_field]
+            try:
+                for line_no, line in enumerate(f, 1):
+                    if line.strip():
+                        yield self._text(line, line_no)
+            except UnicodeDecodeError as err:
+                raise _bad_utf8(self.path, err) from None
+
+    def _text(self, line: str, line_no: int) -> str:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TokenFileError(
+                f"Line {line_no} of {self.path} is not valid JSON ({err.msg} at column"
+                f" {err.colno}). Fix: repair or remove that line (one JSON object per line)."
+            ) from None
+        if not isinstance(record, dict):
+            raise TokenFileError(
+                f"Line {line_no} of {self.path} holds a JSON {type(record).__name__}, not an"
+                f" object with a {self.text_field!r} field. Fix: write one object per line."
+            )
+        if self.text_field not in record:
+            raise ValueError(
+                f"Line {line_no} of {self.path} has no field {self.text_field!r} "
+                f"(fields: {sorted(record)}). Fix: pass text_field=..."
+            )
+        text = record[self.text_field]
+        if not isinstance(text, str):
+            raise TokenFileError(
+                f"Line {line_no} of {self.path}: field {self.text_field!r} holds a"
+                f" {type(text).__name__}, not text. Fix: store the document as a string."
+            )
+        return text
 
 
 class ParquetSource(_FieldFileSource):
@@ -186,16 +227,51 @@ class ParquetSource(_FieldFileSource):
     def documents(self) -> Iterator[str]:
         import pyarrow.parquet as pq
 
-        file = pq.ParquetFile(self.path)
+        try:
+            # Page checksums, where the writer stored them, catch a garbled page that would
+            # otherwise decode to other text.
+            file = pq.ParquetFile(self.path, page_checksum_verification=True)
+        except Exception as err:  # pyarrow raises ArrowInvalid / OSError on a damaged footer
+            raise TokenFileError(
+                f"{self.path} is not a readable parquet file ({err}). Fix: write it again, or"
+                " check it is parquet."
+            ) from None
         if self.text_field not in file.schema_arrow.names:
             raise ValueError(
                 f"{self.path} has no column {self.text_field!r} (columns: "
                 f"{file.schema_arrow.names}). Fix: pass text_field=..."
             )
-        for batch in file.iter_batches(batch_size=PARQUET_BATCH, columns=[self.text_field]):
-            for text in batch.column(0).to_pylist():
+        row = 0
+        for group in range(file.num_row_groups):
+            first, rows = row, file.metadata.row_group(group).num_rows
+            for text in self._group(file, group, first, rows):
+                if text is not None and not isinstance(text, str):
+                    raise TokenFileError(
+                        f"Row {row} of {self.path}: column {self.text_field!r} holds"
+                        f" {type(text).__name__}, not text. Fix: pass text_field=<a string column>."
+                    )
+                row += 1
                 if text is not None:
                     yield text
+            row = first + rows
+
+    def _group(self, file: Any, group: int, first: int, rows: int) -> Iterator[Any]:
+        """The values of one row group, streamed; a garbled page names the group's rows."""
+        batches = file.iter_batches(
+            batch_size=PARQUET_BATCH, row_groups=[group], columns=[self.text_field]
+        )
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as err:  # a garbled page: ArrowInvalid, OSError, ...
+                raise TokenFileError(
+                    f"Rows {first}-{first + rows - 1} (row group {group}) of {self.path} cannot be"
+                    f" read ({type(err).__name__}: {err}). Fix: write the file again, or drop"
+                    " that row group."
+                ) from None
+            yield from batch.column(0).to_pylist()
 
 
 class HFDatasetSource(TextTokenSource):
