@@ -82,7 +82,7 @@ def test_devices():
 def test_check_folder(tmp_path):
     file = tmp_path / "ckpt.txt"
     file.write_text("x")
-    with pytest.raises(InvalidArgumentError, match=r"checkpoint_dir='.*ckpt.txt' is a file"):
+    with pytest.raises(InvalidArgumentError, match=r"checkpoint_dir=.* is a file"):
         check_folder("checkpoint_dir", file)
     assert check_folder("checkpoint_dir", tmp_path / "new") == tmp_path / "new"
     assert check_folder("checkpoint_dir", tmp_path) == tmp_path

@@ -154,9 +154,8 @@ def test_correlations_match_numpy_in_float64_products(data, draw):
 def test_correlations_match_numpy_in_default_float32_products(data, draw):
     x, splits = data
     y = _with_mixes(draw, x)
-    # The promise is 1e-6; a few draws in a thousand miss it by a little (the strict xfail cases
-    # below, worst measured 1.3e-6), so the property is checked at 5e-6 until the numerics fix.
-    assert _corr_error(x, y, splits) < 5e-6
+    # The promise: 1e-6 on every entry (docs/concepts.md, "Numerical guarantees").
+    assert _corr_error(x, y, splits) < 1e-6
 
 
 def _drawn_case(trial: int, n: int, kinds: list[str], magnitudes: list[float]):
@@ -167,11 +166,7 @@ def _drawn_case(trial: int, n: int, kinds: list[str], magnitudes: list[float]):
     return x, y
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="default float32 product misses 1e-6 on these random draws (measured error in the id);"
-    " the lead owns the numerics fix",
-)
+# Draws that missed 1e-6 before per-batch centring (their error then is in the id).
 @pytest.mark.parametrize(
     "trial, n, kinds, magnitudes, splits",
     [
@@ -206,12 +201,8 @@ def test_single_token_unit_meets_1e_9_with_float64_products():
     assert _corr_error(x, y, list(range(0, len(x), 64)) + [len(x)], torch.float64) < 1e-9
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="units of magnitude ~1e19 overflow the float32 product: measured r = 1.0 and NaN where"
-    " numpy float64 gives 0.9945 and -0.050, unflagged; the lead owns the fix (detect, fall back)",
-)
 def test_huge_units_do_not_overflow_the_float32_product():
+    # Before the float64 fallback: r = 1.0 and NaN where numpy float64 gives 0.9945 and -0.050.
     rng = np.random.default_rng(1)
     x = (1e19 * rng.standard_normal((500, 2))).astype(np.float32)
     y = (x + 1e18 * rng.standard_normal((500, 2))).astype(np.float32)
