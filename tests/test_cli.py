@@ -32,7 +32,7 @@ def results(tmp_path_factory, tiny_family):
 
 def test_help_reads_well():
     proc = subprocess.run(
-        [sys.executable, "-m", "tl_universality.cli", "--help"],
+        [sys.executable, "-m", "tl_universality", "--help"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     for command in ("train-seeds", "correlate", "stats", "families", "roles", "report", "demo"):
@@ -104,4 +104,4 @@ def test_report_command(results):
 
 def test_clear_errors(capsys, tmp_path):
     assert main(["correlate", "--out", str(tmp_path)]) == 2
-    assert "No model given" in capsys.readouterr().err
+    assert "argument MODELS: no model given" in capsys.readouterr().err
