@@ -40,7 +40,7 @@ def test_help_reads_well():
 
 
 def test_train_seeds_prints_the_family(capsys, tiny_family):
-    assert main(["train-seeds", "--preset", "tiny", "--quiet"]) == 0
+    assert main(["train-seeds", "--family", "tiny", "--quiet"]) == 0
     printed = capsys.readouterr().out
     for loss in tiny_family.held_out_loss:
         assert f"held-out loss {loss:.3f}" in printed

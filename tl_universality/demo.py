@@ -72,12 +72,10 @@ def describe_family(family: Any) -> str:
 
 def _neurons_to_explain(table: pd.DataFrame, min_count: int = 10) -> tuple[pd.DataFrame, str]:
     """The universal neurons; if there are fewer than ``min_count``, the top 5% by excess."""
-    universal = table[table["is_universal"]]
-    if len(universal) >= min_count:
-        return universal[["layer", "neuron"]], "universal neurons (excess_corr > 0.5)"
-    n = max(min_count, int(round(0.05 * len(table))))
-    top = table.nlargest(n, "excess_corr")
-    return top[["layer", "neuron"]], f"the {n} most universal neurons (top 5% by excess_corr)"
+    from tl_universality.analyses.neuron_stats import contrast_group
+
+    mask, which = contrast_group(table, min_count)
+    return table.loc[mask, ["layer", "neuron"]], which
 
 
 @dataclass
@@ -225,7 +223,6 @@ def run_demo(
         preset=preset,
         n_seeds=len(family.models),
         held_out_loss=[round(x, 4) for x in family.held_out_loss],
-        n_tokens=tokens.n_tokens,
     )
 
     # 2. Universality: every neuron of seed 0 against every neuron of the others, one pass.
@@ -235,19 +232,7 @@ def run_demo(
     summary.seconds["correlate"] = clock() - t
     share = corr.universal_share()
     headline = corr.summary()
-    summary.values.update(
-        {
-            key: headline[key]
-            for key in (
-                "universal_share",
-                "n_universal",
-                "median_max_corr",
-                "median_baseline",
-                "excess_p99",
-                "excess_max",
-            )
-        }
-    )
+    summary.values.update(headline)  # the one place the headline numbers are computed
     _say(
         progress,
         "\nUniversality (excess_corr > 0.5; baseline: random orthogonal rotation per layer):",
@@ -321,7 +306,9 @@ def run_demo(
     summary.values["seconds"] = {k: round(v, 1) for k, v in summary.seconds.items()}
     (out / files.SUMMARY).write_text(json.dumps(summary.values, indent=2, default=str))
     try:
-        page = files.build_report(out, title=f"Universal neurons: offline {preset} family")
+        page = files.build_report(
+            out, title=f"Universal neurons: offline {preset} family", model=ref, tokens=tokens
+        )
     except ImportError as err:  # matplotlib is the optional `plot` extra
         page = f"not written ({err}; pip install 'tl_universality[plot]')"
     _say(progress, f"\nResults in {out}; report: {page}")
@@ -348,8 +335,10 @@ def run_demo(
                    "entropy_scores": ent_scores, "entropy_intervention": ent}  # fmt: skip
         if causal.ablation is not None:
             results["path_ablation"] = causal.ablation
-        run = log_results(results, config=settings.to_dict(), out_dir=out,
-                          name=settings.run_name(), group=wandb_group or out.resolve().name)  # fmt: skip
+        group = wandb_group or out.resolve().name
+        run = log_results(
+            results, config=settings.to_dict(), out_dir=out, name=settings.run_name(), group=group
+        )
         if run is not None:
             _say(progress, f"wandb: {run_location(run)}")
     return summary

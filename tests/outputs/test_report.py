@@ -16,7 +16,7 @@ from tl_universality.outputs import report
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory, tiny_family):
     out = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--preset", "tiny", "--out", str(out), "--quiet", "--max-tokens", "12000"])
+    code = main(["demo", "--family", "tiny", "--out", str(out), "--quiet", "--max-tokens", "12000"])
     assert code == 0
     return out
 
