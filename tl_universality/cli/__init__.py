@@ -17,11 +17,11 @@ from typing import Any
 from tl_universality.cli.errors import UsageError, report
 from tl_universality.cli.parser import build_parser, command_of
 
-__all__ = ["UsageError", "build_parser", "load_models", "main"]
+__all__ = ["UsageError", "build_parser", "main"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "load_models":  # the loader imports torch: only when asked for
+    if name == "load_models":  # the old path; the loader imports torch, so only when asked for
         from tl_universality.cli.loading import load_models
 
         return load_models

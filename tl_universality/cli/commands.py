@@ -37,13 +37,21 @@ def _out(args: argparse.Namespace) -> Path:
 
 
 def _settings(
-    args: argparse.Namespace, models: list[Any], tokens: Any = None, **options: Any
+    args: argparse.Namespace,
+    models: list[Any],
+    fingerprints: list[str],
+    tokens: Any = None,
+    **options: Any,
 ) -> RunSettings:
+    """The run's settings; ``fingerprints`` are of the weights as loaded (before processing)."""
     from tl_universality.core.protocol import model_name
 
     return RunSettings(
         command=args.command,
-        models=tuple({"name": model_name(m), "fingerprint": fingerprint(m)} for m in models),
+        models=tuple(
+            {"name": model_name(m), "fingerprint": f}
+            for m, f in zip(models, fingerprints, strict=True)
+        ),
         specs=tuple(getattr(args, "models", None) or ()),
         family=getattr(args, "family", None),
         tokens=getattr(tokens, "name", None) if tokens is not None else None,
@@ -147,7 +155,10 @@ def cmd_correlate(args: argparse.Namespace) -> int:
     try:
         budget = parse_bytes(args.memory_budget)
     except ValueError as err:
-        raise UsageError(f"argument --memory-budget: {err}") from None
+        raise UsageError(
+            f"argument --memory-budget: {args.memory_budget!r} is not a size ({err})."
+            " Fix: use e.g. 8GB, 512MiB or 2000000000."
+        ) from None
     models = _load(args)
     if len(models) < 2:
         raise UsageError(
@@ -166,7 +177,9 @@ def cmd_correlate(args: argparse.Namespace) -> int:
     result.save(out)
     print(result.universal_share().to_string(index=False, float_format="{:.3f}".format))
     print(f"saved to {out}")
-    settings = _settings(args, models, tokens, units=args.units, memory_budget=args.memory_budget)
+    settings = _settings(
+        args, models, prints, tokens, units=args.units, memory_budget=args.memory_budget
+    )
     settings = RunSettings.from_dict({**settings.to_dict(), "baseline": result.baseline})
     settings.write(Path(args.out))
     _maybe_wandb(args, settings, {"correlation": result})
@@ -188,7 +201,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(f"neuron table: {len(table)} neurons x {table.shape[1]} columns -> {path}")
     if "is_universal" in table and table["is_universal"].any():
         print(compare_universal(table).to_string(float_format="{:.3f}".format))
-    settings = _settings(args, [model], tokens)
+    settings = _settings(args, [model], [print_], tokens)
     settings.write(Path(args.out))
     _maybe_wandb(args, settings, {"neuron_table": table})
     return 0
@@ -216,7 +229,7 @@ def cmd_families(args: argparse.Namespace) -> int:
     labels.to_parquet(out / report.FAMILIES)
     print(family_counts(labels).to_string())
     print(f"saved {report.EXPLANATIONS} and {report.FAMILIES} in {out}")
-    settings = _settings(args, [model], tokens, threshold=args.threshold)
+    settings = _settings(args, [model], [print_], tokens, threshold=args.threshold)
     settings.write(out)
     _maybe_wandb(args, settings, {"explanations": explanations, "families": labels})
     return 0
@@ -230,7 +243,7 @@ def cmd_roles(args: argparse.Namespace) -> int:
     from tl_universality.analyses.roles import prediction_neurons, role_counts
     from tl_universality.demo import INTERVENTION_TOKENS, causal_tests
 
-    model, _ = _reference(args)
+    model, print_ = _reference(args)
     out = _out(args)
     roles = prediction_neurons(model)
     roles.to_parquet(out / report.PREDICTION)
@@ -264,7 +277,7 @@ def cmd_roles(args: argparse.Namespace) -> int:
         logged["entropy_intervention"] = causal.entropy
         if causal.ablation is not None:
             logged["path_ablation"] = causal.ablation
-    settings = _settings(args, [model], tokens, causal=args.causal)
+    settings = _settings(args, [model], [print_], tokens, causal=args.causal)
     settings.write(out)
     _maybe_wandb(args, settings, logged)
     return 0

@@ -35,7 +35,7 @@ class Parser(argparse.ArgumentParser):
         flags = re.search(r"unrecognized arguments: (.*)", message)
         if flags:
             hints = []
-            known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            known = [o for p in self._all_parsers() for a in p._actions for o in a.option_strings]
             for word in flags.group(1).split():
                 flag = word.split("=")[0]
                 if flag in RENAMED:
@@ -44,6 +44,11 @@ class Parser(argparse.ArgumentParser):
                     hints.append(did_you_mean(flag, known))
             return message + "." + "".join(hints)
         return message
+
+    def _all_parsers(self) -> list[argparse.ArgumentParser]:
+        """This parser and its subcommands' (whose flags an unknown flag may be a typo of)."""
+        subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        return [self, *(p for a in subs for p in a.choices.values())]
 
 
 def _lazy(name: str) -> Callable[[argparse.Namespace], int]:
@@ -254,11 +259,11 @@ class _Version(argparse.Action):
                 return "not installed"
 
         python = ".".join(map(str, sys.version_info[:3]))
-        parser.exit(
-            0,
+        print(
             f"tl-universality {__version__} (transformer-lens {version('transformer-lens')},"
-            f" torch {version('torch')}, python {python})\n",
+            f" torch {version('torch')}, python {python})"
         )
+        parser.exit(0)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
