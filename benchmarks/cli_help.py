@@ -30,7 +30,7 @@ def seconds(pythonpath: Path, module: str, repeat: int) -> float:
     for _ in range(repeat):
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", module, "--help"], env=env, check=True,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
+                       cwd=pythonpath, stdout=subprocess.DEVNULL)  # fmt: skip
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pandas as pd
 import pytest
 
 from tests.helpers import chromium, needs_chromium
@@ -181,3 +182,14 @@ def test_the_browser_check_catches_broken_pages(tmp_path):
     assert 'data-figures="broken:0/2"' in dom.stdout
     assert script_errors(dom.stderr)
     assert broken_links(page) == ["neurons/L9N9.html", "assets/plotly.min.js"]
+
+
+def test_role_chart_has_whole_layer_ticks():
+    from tl_universality.outputs.plots import plot_role_counts
+
+    roles = pd.DataFrame({"layer": [0, 1, 1], "role": pd.Categorical(
+        ["prediction", "suppression", "prediction"],
+        categories=["prediction", "suppression", "partition", "none"])})  # fmt: skip
+    fig = plot_role_counts(roles)
+    ticks = fig.axes[0].get_xticks()
+    assert list(ticks) == [0, 1]  # matplotlib's default put ticks at 0, 0.2, ..., 1

@@ -23,6 +23,7 @@ from tl_universality.outputs.report.files import (
     SUMMARY,
 )
 from tl_universality.outputs.report.page import Section, render_html
+from tl_universality.outputs.report.sections import SectionBuilder
 
 __all__ = [
     "ATTENTION_SCORES",
@@ -37,6 +38,7 @@ __all__ = [
     "PREDICTION",
     "SUMMARY",
     "Section",
+    "SectionBuilder",
     "build_report",
     "render_html",
 ]

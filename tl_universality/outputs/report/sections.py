@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,12 @@ def roles_section(data: ReportData) -> Section | None:
         " positive skew predicts a token set, negative skew suppresses one.",
         plots=[
             ("vocab_moments", plots.vocab_moments(roles)),
-            ("role_counts", plots.stacked_by_layer(counts, "Roles by layer", "neurons")),
+            (
+                "role_counts",
+                plots.stacked_by_layer(
+                    counts.drop(columns="none"), "Roles by layer (without none)", "neurons"
+                ),
+            ),
         ],
         tables=[("counts", counts.reset_index()), ("neurons with a role", named)],
     )
@@ -220,7 +226,10 @@ def figure_of(plotted: Any) -> Any:
     return first.get_figure()
 
 
-SECTIONS = [
+SectionBuilder = Callable[[ReportData], Section | None]
+"""Builds one section from what a folder holds, or None when it holds nothing for it."""
+
+SECTIONS: list[SectionBuilder] = [
     summary_section,
     universality_section,
     properties_section,
