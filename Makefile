@@ -3,10 +3,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
+# Installs go through scripts/install: uv (bootstrapped with pip, several times faster), falling
+# back to pip; TL_UNIVERSALITY_NO_UV=1 forces pip.
+INSTALL = scripts/install $(VENV) $(1)
 SHELL := /bin/bash
-# pip's log goes to a file: shown only when the install fails.
-QUIET_PIP = > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 
 .PHONY: demo test lint format docs bench clean venv
 
@@ -15,12 +15,12 @@ $(BIN)/python:
 
 # Stamp files: re-running reuses .venv and reinstalls only when the requirements change.
 # The demo writes plots and an HTML report, so it installs the plot extra.
-$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt Makefile
-	$(PIP) -e '.[plot]' $(QUIET_PIP)
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt Makefile scripts/install
+	$(call INSTALL,-e '.[plot]')
 	touch $@
 
-$(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt Makefile
-	$(PIP) -e '.[dev]' $(QUIET_PIP)
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt Makefile scripts/install
+	$(call INSTALL,-e '.[dev]')
 	touch $@ $(VENV)/.installed
 
 venv: $(VENV)/.installed

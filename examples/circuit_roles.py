@@ -12,7 +12,7 @@ Trains (or loads from the cache) the offline seed family, takes seed 0, and
    neuron's activation.
 
     python examples/circuit_roles.py                  # the tiny family (seconds)
-    python examples/circuit_roles.py --preset demo    # the demo family (minutes on a CPU)
+    python examples/circuit_roles.py --family demo    # the demo family (minutes on a CPU)
     python examples/circuit_roles.py --plots out/     # also save the figures
 """
 
@@ -29,7 +29,7 @@ from tl_universality.data.seeds import train_seed_family
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "demo"])
+    parser.add_argument("--family", default="tiny", choices=["tiny", "demo"])
     parser.add_argument(
         "--values",
         type=float,
@@ -43,13 +43,13 @@ def main() -> None:
     args = parser.parse_args()
     pd.set_option("display.width", 120)
 
-    family = train_seed_family(args.preset, progress=False)
+    family = train_seed_family(args.family, progress=False)
     model = family.models[0]
     # Weight scores assume TransformerLens's processed weights; folding LayerNorm and centring
     # changes no activation and no output, only how the weights are written down.
     model.process_weights_()
     tokens = family.held_out_tokens().limit(args.max_tokens)
-    print(f"{args.preset} family, seed 0: {model.cfg.n_layers} layers x {model.cfg.d_mlp} neurons")
+    print(f"{args.family} family, seed 0: {model.cfg.n_layers} layers x {model.cfg.d_mlp} neurons")
 
     # -- Entropy neurons -------------------------------------------------------------------------
     scores = model.universality.entropy_neuron_scores()
@@ -84,7 +84,7 @@ def main() -> None:
     if model.cfg.n_layers < 2:
         print(
             "\nThe model has one layer: no head reads an MLP neuron's output, so there are no"
-            " deactivation pairs. Try --preset demo (2 layers)."
+            " deactivation pairs. Try --family demo (2 layers)."
         )
         return
     deactivation = model.universality.attention_deactivation_scores(n_random=1, seed=0)

@@ -6,7 +6,7 @@ explains the universal ones by exact variance reduction over token-level feature
 neurons per family with their top features.
 
     python examples/families.py                   # the tiny family (about a minute on a CPU)
-    python examples/families.py --preset demo     # the demo family (minutes)
+    python examples/families.py --family demo     # the demo family (minutes)
     python examples/families.py --html out/       # also save top-activating contexts as HTML
 """
 
@@ -31,7 +31,7 @@ from tl_universality.data.seeds import train_seed_family
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "demo"])
+    parser.add_argument("--family", default="tiny", choices=["tiny", "demo"])
     parser.add_argument("--threshold", type=float, default=0.5, help="excess_corr for universal")
     parser.add_argument("--n-unigrams", type=int, default=300)
     parser.add_argument("--html", type=Path, default=None, help="folder for top-activation pages")
@@ -39,10 +39,10 @@ def main() -> None:
     pd.set_option("display.width", 140)
     pd.set_option("display.max_colwidth", 40)
 
-    family = train_seed_family(args.preset, progress=False)
+    family = train_seed_family(args.family, progress=False)
     ref, *others = family.models
     tokens = family.held_out_tokens()
-    print(f"{args.preset} family: {len(family.models)} seeds, {tokens.n_tokens:,} held-out tokens")
+    print(f"{args.family} family: {len(family.models)} seeds, {tokens.n_tokens:,} held-out tokens")
 
     result = correlate(ref, others, tokens, progress=False)
     neurons = result.universal_neurons(args.threshold)

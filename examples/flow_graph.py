@@ -11,7 +11,7 @@ Trains (or loads from the cache) the seed family, takes seed 0 and
    the always-on neurons.
 
     python examples/flow_graph.py                   # the tiny family (seconds)
-    python examples/flow_graph.py --preset demo     # the demo family (minutes on a CPU)
+    python examples/flow_graph.py --family demo     # the demo family (minutes on a CPU)
     python examples/flow_graph.py --out flow_out --prompt "for i in range(10):"
 """
 
@@ -28,14 +28,14 @@ from tl_universality.flow.observations import always_on_neurons, layernorm_filte
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--family", default="tiny")
     parser.add_argument("--prompt", default="The quick brown fox jumps over the lazy dog. The")
     parser.add_argument("--out", default="flow_out")
     parser.add_argument("--max-tokens", type=int, default=20_000)
     args = parser.parse_args()
     out = Path(args.out)
 
-    family = train_seed_family(args.preset, progress=False)
+    family = train_seed_family(args.family, progress=False)
     model, others = family.models[0], family.models[1:]
     held_out = family.held_out_tokens()
     correlation = correlate(model, others, held_out, max_tokens=args.max_tokens, progress=False)

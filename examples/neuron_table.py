@@ -6,7 +6,7 @@ vs other neurons (activation frequency, kurtosis, weight norms), prediction / su
 partition neurons per layer and the token sets they act on.
 
     python examples/neuron_table.py                  # the tiny family (seconds)
-    python examples/neuron_table.py --preset demo    # the demo family (minutes on a CPU)
+    python examples/neuron_table.py --family demo    # the demo family (minutes on a CPU)
     python examples/neuron_table.py --plots out/     # also save the paper's figures
 """
 
@@ -38,15 +38,15 @@ EXPECTED_DIRECTION = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "demo"])
+    parser.add_argument("--family", default="tiny", choices=["tiny", "demo"])
     parser.add_argument("--plots", type=Path, default=None, help="folder for the figures")
     args = parser.parse_args()
     pd.set_option("display.width", 120)
 
-    family = train_seed_family(args.preset, progress=False)
+    family = train_seed_family(args.family, progress=False)
     ref, *others = family.models
     tokens = family.held_out_tokens()
-    print(f"{args.preset} family: {len(family.models)} seeds, {tokens.n_tokens:,} held-out tokens")
+    print(f"{args.family} family: {len(family.models)} seeds, {tokens.n_tokens:,} held-out tokens")
 
     result = correlate(ref, others, tokens, progress=False)
     # Weight statistics assume TransformerLens's processed weights; folding LayerNorm and

@@ -11,10 +11,12 @@ The paper used 100M tokens; the universal share is already stable at ~10M (see t
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from transformer_lens import HookedTransformer
 
 import tl_universality  # noqa: F401  (registers model.universality)
+from tl_universality.core.environment import default_device, require_hub
 
 
 def main() -> None:
@@ -22,10 +24,11 @@ def main() -> None:
     parser.add_argument("--size", default="small", choices=["small", "medium"])
     parser.add_argument("--dataset", default="NeelNanda/pile-10k")
     parser.add_argument("--max-tokens", type=int, default=10_000_000)
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default=default_device(), help="default: cuda if available")
     parser.add_argument("--memory-budget", default="40GB")
     parser.add_argument("--out", default="runs/stanford-gpt2")
     args = parser.parse_args()
+    require_hub(Path(__file__).name)
 
     models = [
         HookedTransformer.from_pretrained(f"stanford-gpt2-{args.size}-{seed}", device=args.device)

@@ -9,11 +9,13 @@ one with ``checkpoint_value=`` (the training step).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pandas as pd
 from transformer_lens import HookedTransformer
 
 import tl_universality  # noqa: F401  (registers model.universality)
+from tl_universality.core.environment import default_device, require_hub
 
 
 def main() -> None:
@@ -22,8 +24,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[1000, 10000, 100000, 400000])
     parser.add_argument("--dataset", default="NeelNanda/pile-10k")
     parser.add_argument("--max-tokens", type=int, default=2_000_000)
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default=default_device(), help="default: cuda if available")
     args = parser.parse_args()
+    require_hub(Path(__file__).name)
 
     rows = []
     for step in args.steps:

@@ -72,12 +72,99 @@ def describe_family(family: Any) -> str:
 
 def _neurons_to_explain(table: pd.DataFrame, min_count: int = 10) -> tuple[pd.DataFrame, str]:
     """The universal neurons; if there are fewer than ``min_count``, the top 5% by excess."""
-    universal = table[table["is_universal"]]
-    if len(universal) >= min_count:
-        return universal[["layer", "neuron"]], "universal neurons (excess_corr > 0.5)"
-    n = max(min_count, int(round(0.05 * len(table))))
-    top = table.nlargest(n, "excess_corr")
-    return top[["layer", "neuron"]], f"the {n} most universal neurons (top 5% by excess_corr)"
+    from tl_universality.analyses.neuron_stats import contrast_group
+
+    mask, which = contrast_group(table, min_count)
+    return table.loc[mask, ["layer", "neuron"]], which
+
+
+@dataclass
+class CausalTests:
+    """The two causal tests on the top candidates (:func:`causal_tests`)."""
+
+    entropy: Any  # EntropyInterventionResult
+    candidate: tuple[int, int]
+    null_space_share: float
+    values: list[float]
+    ablation: Any = None  # PathAblationResult, when the model has two layers or more
+    pair: tuple[tuple[int, int], tuple[int, int]] | None = None
+    score: float | None = None
+
+    def save(self, out: Path) -> None:
+        """Save both results where the report reads them."""
+        self.entropy.save(Path(out) / files.ENTROPY_INTERVENTION)
+        if self.ablation is not None:
+            self.ablation.save(Path(out) / files.PATH_ABLATION)
+
+    def summary(self) -> dict[str, Any]:
+        """What ``summary.json`` records of the tests."""
+        out: dict[str, Any] = {
+            "entropy_candidate": neuron_name(*self.candidate),
+            "entropy_effect": json.loads(self.entropy.effects().to_json(orient="records")),
+        }
+        if self.pair is not None:
+            out["deactivation_pair"] = f"{neuron_name(*self.pair[0])} -> {head_name(*self.pair[1])}"
+            out["path_ablation"] = self.ablation.summary()
+        return out
+
+    def describe(self) -> str:
+        """The tests' outcome in a few lines."""
+        effects = self.entropy.effects()
+        lines = [
+            f"Entropy candidate {neuron_name(*self.candidate)} (null-space share"
+            f" {self.null_space_share:.2f}), fixed to {[round(v, 2) for v in self.values]}:",
+            _table(effects[[c for c in ENTROPY_COLUMNS if c in effects]]),
+        ]
+        if self.pair is not None:
+            effect = self.ablation.summary()
+            lines += [
+                f"\nAttention deactivation: {neuron_name(*self.pair[0])} ->"
+                f" {head_name(*self.pair[1])} (score {self.score:.3f}); path ablation:",
+                "  " + ", ".join(f"{k} {v:.3g}" for k, v in effect.items()),
+            ]
+        return "\n".join(lines)
+
+
+def causal_tests(
+    model: Any,
+    tokens: Any,
+    entropy_scores: pd.DataFrame,
+    ranked: pd.DataFrame | None = None,
+    *,
+    scale: float = 1.0,
+    max_tokens: int = INTERVENTION_TOKENS,
+) -> CausalTests:
+    """Run the entropy intervention on the top entropy candidate (fixed to 0 ... 4 x ``scale``,
+    against 3 random baseline neurons) and the path ablation of the top deactivation pair.
+
+    Args:
+        model: The reference model.
+        tokens: Tokens for the tests (at most ``max_tokens`` are used).
+        entropy_scores: :func:`~tl_universality.analyses.entropy.entropy_neuron_scores`.
+        ranked: The ranked (neuron, head) pairs of
+            :func:`~tl_universality.analyses.attention.attention_deactivation_scores`, or None.
+        scale: The largest typical activation (e.g. max ``|post_mean|``) the values scale with.
+        max_tokens: Tokens used by each test.
+    """
+    from tl_universality.analyses.attention import path_ablation
+    from tl_universality.analyses.entropy import entropy_intervention
+
+    top = entropy_scores.iloc[0]
+    candidate = (int(top.layer), int(top.neuron))
+    values = np.linspace(0.0, 4.0 * max(scale, 1.0), 5).tolist()
+    # Each value runs the candidate and its random baseline neurons twice (total, direct
+    # effect), so a few thousand tokens suffice for the mean entropy.
+    ent = entropy_intervention(
+        model, [candidate], values, tokens, max_tokens=max_tokens, n_random_baseline=3
+    )
+    tests = CausalTests(ent, candidate, float(top.null_space_share), values)
+    if ranked is not None and len(ranked):
+        best = ranked.iloc[0]
+        neuron = (int(best["layer"]), int(best["neuron"]))
+        head = (int(best["head_layer"]), int(best["head_index"]))
+        tests.ablation = path_ablation(model, neuron, head, tokens, max_tokens=max_tokens)
+        tests.pair, tests.score = (neuron, head), float(best["score"])
+    return tests
 
 
 def run_demo(
@@ -88,6 +175,7 @@ def run_demo(
     wandb: bool = False,
     device: str = "cpu",
     max_tokens: int | None = None,
+    wandb_group: str | None = None,
 ) -> DemoSummary:
     """Run the whole study offline and write results and the report to ``out_dir``.
 
@@ -98,13 +186,15 @@ def run_demo(
         wandb: Also log the results to an (offline) wandb run in ``out_dir``.
         device: Where the models run.
         max_tokens: Use at most this many held-out tokens (default: all of them).
+        wandb_group: The wandb group (default: the name of ``out_dir``).
 
     Examples:
         >>> run_demo("out", preset="tiny")  # doctest: +SKIP
     """
-    from tl_universality.analyses.attention import attention_deactivation_scores, path_ablation
+    from tl_universality.analyses.attention import attention_deactivation_scores
     from tl_universality.analyses.correlation import correlate
-    from tl_universality.analyses.entropy import entropy_intervention, entropy_neuron_scores
+    from tl_universality.analyses.correlation.run import params_digest
+    from tl_universality.analyses.entropy import entropy_neuron_scores
     from tl_universality.analyses.families import explain, families, family_counts
     from tl_universality.analyses.neuron_stats import (
         CONTRAST_PROPERTIES,
@@ -125,6 +215,7 @@ def run_demo(
     summary.seconds["family"] = clock() - t
     _say(progress, describe_family(family))
     ref, *others = family.models
+    fingerprints = [params_digest(m) for m in family.models]  # before processing ref's weights
     tokens = family.held_out_tokens()
     if max_tokens is not None:
         tokens = tokens.limit(max_tokens)
@@ -132,7 +223,6 @@ def run_demo(
         preset=preset,
         n_seeds=len(family.models),
         held_out_loss=[round(x, 4) for x in family.held_out_loss],
-        n_tokens=tokens.n_tokens,
     )
 
     # 2. Universality: every neuron of seed 0 against every neuron of the others, one pass.
@@ -142,19 +232,7 @@ def run_demo(
     summary.seconds["correlate"] = clock() - t
     share = corr.universal_share()
     headline = corr.summary()
-    summary.values.update(
-        {
-            key: headline[key]
-            for key in (
-                "universal_share",
-                "n_universal",
-                "median_max_corr",
-                "median_baseline",
-                "excess_p99",
-                "excess_max",
-            )
-        }
-    )
+    summary.values.update(headline)  # the one place the headline numbers are computed
     _say(
         progress,
         "\nUniversality (excess_corr > 0.5; baseline: random orthogonal rotation per layer):",
@@ -208,71 +286,59 @@ def run_demo(
     summary.values["family_counts"] = json.loads(fam_counts.to_json(orient="index"))
     _say(progress, f"\nFamilies of {which}:", fam_counts)
 
-    # 6. Entropy neurons: the top candidate, fixed to a range of values (total vs direct effect).
+    # 6-7. The causal tests: the top entropy candidate fixed to a range of values (total vs
+    # direct effect), and the top (neuron, later head) deactivation pair's path ablation.
     t = clock()
     ent_scores = entropy_neuron_scores(ref)
     ent_scores.to_parquet(out / files.ENTROPY_SCORES)
-    top = ent_scores.iloc[0]
-    scale = float(np.nanmax(np.abs(table["post_mean"]))) if "post_mean" in table else 1.0
-    values = np.linspace(0.0, 4.0 * max(scale, 1.0), 5).tolist()
-    # Each value runs the candidate and its random baseline neurons twice (total, direct
-    # effect), so a few thousand tokens suffice for the mean entropy.
-    ent = entropy_intervention(
-        ref,
-        [(int(top.layer), int(top.neuron))],
-        values,
-        tokens,
-        max_tokens=INTERVENTION_TOKENS,
-        n_random_baseline=3,
-    )
-    ent.save(out / files.ENTROPY_INTERVENTION)
-    summary.seconds["entropy"] = clock() - t
-    ent_summary = ent.effects()
-    summary.values["entropy_candidate"] = neuron_name(top.layer, top.neuron)
-    summary.values["entropy_effect"] = json.loads(ent_summary.to_json(orient="records"))
-    _say(
-        progress,
-        f"\nEntropy candidate {neuron_name(top.layer, top.neuron)} (null-space share"
-        f" {top.null_space_share:.2f}), fixed to {[round(v, 2) for v in values]}:",
-        _table(ent_summary[[c for c in ENTROPY_COLUMNS if c in ent_summary]]),
-    )
-
-    # 7. Attention-deactivation: the top (neuron, later head) pair and its path ablation.
+    ranked = None
     if ref.cfg.n_layers > 1:
-        t = clock()
-        att = attention_deactivation_scores(ref)
-        ranked = att.to_dataframe(top_k=50)
+        ranked = attention_deactivation_scores(ref).to_dataframe(top_k=50)
         ranked.to_parquet(out / files.ATTENTION_SCORES)
-        best = ranked.iloc[0]
-        neuron = (int(best["layer"]), int(best["neuron"]))
-        head = (int(best["head_layer"]), int(best["head_index"]))
-        ablation = path_ablation(ref, neuron, head, tokens, max_tokens=INTERVENTION_TOKENS)
-        effect = ablation.summary()
-        ablation.save(out / files.PATH_ABLATION)
-        summary.seconds["attention"] = clock() - t
-        summary.values["deactivation_pair"] = f"{neuron_name(*neuron)} -> {head_name(*head)}"
-        summary.values["path_ablation"] = effect
-        _say(
-            progress,
-            f"\nAttention deactivation: {neuron_name(*neuron)} ->"
-            f" {head_name(*head)} (score {best.score:.3f}); path ablation:",
-            "  " + ", ".join(f"{k} {v:.3g}" for k, v in effect.items()),
-        )
+    scale = float(np.nanmax(np.abs(table["post_mean"]))) if "post_mean" in table else 1.0
+    causal = causal_tests(ref, tokens, ent_scores, ranked, scale=scale)
+    causal.save(out)
+    summary.seconds["causal"] = clock() - t
+    summary.values.update(causal.summary())
+    ent = causal.entropy
+    _say(progress, "", causal.describe())
 
     summary.values["seconds"] = {k: round(v, 1) for k, v in summary.seconds.items()}
     (out / files.SUMMARY).write_text(json.dumps(summary.values, indent=2, default=str))
     try:
-        page = files.build_report(out, title=f"Universal neurons: offline {preset} family")
+        page = files.build_report(
+            out, title=f"Universal neurons: offline {preset} family", model=ref, tokens=tokens
+        )
     except ImportError as err:  # matplotlib is the optional `plot` extra
         page = f"not written ({err}; pip install 'tl_universality[plot]')"
     _say(progress, f"\nResults in {out}; report: {page}")
 
     if wandb:
-        from tl_universality.outputs.wandb import log_results
+        from tl_universality.cli.settings import RunSettings
+        from tl_universality.core.protocol import model_name
+        from tl_universality.outputs.wandb import log_results, run_location
 
-        log_results(
-            [corr, table, labels, ent, roles],
-            config={"preset": preset, **family.config.to_dict()},
-            out_dir=out,
+        settings = RunSettings(
+            "demo",
+            models=tuple(
+                {"name": model_name(m), "fingerprint": f}
+                for m, f in zip(family.models, fingerprints, strict=True)
+            ),  # fmt: skip
+            family=preset,
+            tokens=tokens.name,
+            max_tokens=max_tokens,
+            baseline=corr.baseline,
+            options={"family_config": family.config.to_dict()},
         )
+        results = {"correlation": corr, "neuron_table": table, "families": labels,
+                   "explanations": explanations, "prediction_neurons": roles,
+                   "entropy_scores": ent_scores, "entropy_intervention": ent}  # fmt: skip
+        if causal.ablation is not None:
+            results["path_ablation"] = causal.ablation
+        group = wandb_group or out.resolve().name
+        run = log_results(
+            results, config=settings.to_dict(), out_dir=out, name=settings.run_name(), group=group
+        )
+        if run is not None:
+            _say(progress, f"wandb: {run_location(run)}")
     return summary

@@ -20,4 +20,4 @@ def test_remove_ln_saves_one_result_per_seed(tmp_path, capsys, tiny_family):
 
 def test_remove_ln_without_tokens_names_the_fix(tmp_path, capsys):
     assert main(["remove-ln", "--out", str(tmp_path), "--quiet"]) == 2
-    assert "No model given" in capsys.readouterr().err
+    assert "no model given" in capsys.readouterr().err.lower()

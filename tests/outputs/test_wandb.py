@@ -104,11 +104,59 @@ def test_offline_run_holds_summary_and_tables(tmp_path, result):
     per_layer = next(t for name, t in tables.items() if "per_layer" in name)
     assert per_layer["columns"][:2] == ["layer", "n_units"]
     assert len(per_layer["data"]) == len(result.universal_share())
-    neuron_table = next(t for name, t in tables.items() if name.startswith("data_frame"))
+    neuron_table = next(t for name, t in tables.items() if name.startswith("table/table_1"))
     assert neuron_table["columns"] == ["layer", "neuron", "excess_corr"]
     np.testing.assert_allclose([r[2] for r in neuron_table["data"]], [0.7, 0.2])
     universal = next(t for name, t in tables.items() if "universal_neurons" in name)
     assert len(universal["data"]) == len(result.universal_neurons())
+
+
+def run_record(run_dir: Path):
+    """The run's ``run`` record: its config, name and group as written to the offline file."""
+    runs = [r.run for r in read_records(run_dir) if r.WhichOneof("record_type") == "run"]
+    return runs[0]
+
+
+def test_every_result_gets_its_own_key_and_the_run_its_settings(tmp_path, result):
+    """Two tables and a correlation result: every table is in the run with its columns (the
+    old logger put every DataFrame under one key, so the last overwrote the others)."""
+    neurons = pd.DataFrame({"layer": [0, 1], "neuron": [3, 5], "w_out_norm": [1.5, 2.5]})
+    families = pd.DataFrame({"layer": [0], "neuron": [3], "family": ["unigram"]})
+    counts = pd.DataFrame({"unigram": [1]}, index=pd.Index([0], name="layer"))
+    config = {"models": [{"name": "m0", "fingerprint": "ab12"}], "tokens": "held-out",
+              "baseline": "rotation", "versions": {"tl_universality": "0.1.0"}}  # fmt: skip
+    assert log_results({"correlation": result, "neuron_table": neurons, "families": families,
+                       "family_counts": counts}, out_dir=tmp_path, config=config,
+                      name="stats tiny", group="study-1") is not None  # fmt: skip
+    (run_dir,) = list((tmp_path / "wandb").glob("offline-run-*"))
+    media = run_dir / "files" / "media" / "table"
+    tables = {p.relative_to(media).as_posix(): json.loads(p.read_text())
+              for p in media.rglob("*.json")}  # fmt: skip
+
+    def table(prefix: str) -> dict:
+        (found,) = [t for name, t in tables.items() if name.startswith(prefix + "_")]
+        return found
+
+    assert table("table/neuron_table")["columns"] == ["layer", "neuron", "w_out_norm"]
+    assert table("table/neuron_table")["data"] == [[0, 3, 1.5], [1, 5, 2.5]]
+    assert table("table/families")["columns"] == ["layer", "neuron", "family"]
+    assert table("table/family_counts")["columns"] == ["layer", "unigram"]  # the index is kept
+    assert table("correlation/per_layer")["columns"][:2] == ["layer", "n_units"]
+    record = run_record(run_dir)
+    logged = {item.key: json.loads(item.value_json) for item in record.config.update}
+    assert logged["models"] == config["models"]
+    assert logged["baseline"] == "rotation"
+    assert record.display_name == "stats tiny" and record.run_group == "study-1"
+
+
+def test_run_location_says_how_to_sync(tmp_path, result):
+    from tl_universality.outputs.wandb import run_location
+
+    run = log_results(result, out_dir=tmp_path, finish=False)
+    where = run_location(run)
+    run.finish()
+    (run_dir,) = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert str(run_dir) in where and f"wandb sync {run_dir}" in where
 
 
 def test_disabled_mode_writes_nothing(tmp_path, result):

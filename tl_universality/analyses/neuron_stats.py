@@ -390,6 +390,30 @@ CONTRAST_PROPERTIES = (
 )
 
 
+def contrast_group(table: pd.DataFrame, min_count: int = 10) -> tuple[pd.Series, str]:
+    """The neurons contrasted with the rest, and what they are: the universal neurons
+    (``is_universal``), or, when there are fewer than ``min_count``, the
+    ``max(min_count, 5 %)`` neurons of highest ``excess_corr``. The one rule the demo, the report
+    and its neuron pages use.
+
+    Examples:
+        >>> t = pd.DataFrame({"excess_corr": [0.9, 0.1, 0.3], "is_universal": [True, False, False]})
+        >>> mask, what = contrast_group(t, min_count=1)
+        >>> mask.tolist(), what
+        ([True, False, False], 'universal neurons (excess_corr > 0.5)')
+        >>> contrast_group(t, min_count=2)[0].tolist()
+        [True, False, True]
+    """
+    universal = table["is_universal"].fillna(False).astype(bool)
+    if int(universal.sum()) >= min_count:
+        return universal, "universal neurons (excess_corr > 0.5)"
+    n = min(len(table), max(min_count, int(round(0.05 * len(table)))))
+    top = table["excess_corr"].nlargest(n).index
+    return pd.Series(table.index.isin(top), index=table.index), (
+        f"the {n} most universal neurons (top 5% by excess_corr)"
+    )
+
+
 def compare_universal(
     table: pd.DataFrame,
     columns: Sequence[str] | None = None,

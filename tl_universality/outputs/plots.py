@@ -183,6 +183,7 @@ def plot_role_counts(roles: pd.DataFrame) -> Any:
     for role in counts.columns:
         ax.bar(counts.index, counts[role], bottom=bottom, color=_ROLE_COLOURS[role], label=role)
         bottom += counts[role].to_numpy()
+    ax.set_xticks(counts.index, [str(layer) for layer in counts.index])  # whole layers only
     ax.set_xlabel("layer")
     ax.set_ylabel("neurons")
     ax.legend(fontsize="small")

@@ -4,8 +4,9 @@ wandb is imported lazily and defaults to offline mode (``WANDB_MODE`` overrides 
 ever prompts for a login. Logging is best effort: callers save results to disk first, and a wandb
 error is turned into a warning so the computed result is never lost.
 
-Any result object can be logged. A correlation result logs its summaries, tables, histograms and
-figure (:func:`correlation_payload`); objects with a ``wandb_payload()`` method say what to log;
+Any result object can be logged, each under its own key (its type and name, :func:`payload_of`).
+A correlation result logs its summaries, tables, histograms and figure
+(:func:`correlation_payload`); objects with a ``wandb_payload()`` method say what to log;
 DataFrames are logged as tables; other objects with ``to_dataframe()`` are logged as that table.
 """
 
@@ -60,20 +61,28 @@ def _as_payload(parts: Any, prefix: str) -> WandbPayload:
     )
 
 
-def payload_of(result: Any, prefix: str | None = None) -> WandbPayload:
-    """The :class:`WandbPayload` of a result.
+def payload_of(result: Any, name: str | None = None) -> WandbPayload:
+    """The :class:`WandbPayload` of a result, logged under its type and ``name``.
 
     A result that says what to log (``wandb_payload()``) logs that; any other result of the
     protocol logs its ``summary()`` numbers, its ``to_dataframe()`` table and its ``plot()``; a
-    DataFrame logs as a table.
+    DataFrame logs as the table ``table/<name>``. The prefix is the type (``correlation``,
+    ``entropy_intervention``, ...), then ``/<name>`` when a name other than the type is given.
+
+    Examples:
+        >>> payload_of(pd.DataFrame({"a": [1]}), "families").prefix
+        'table'
+        >>> list(payload_of(pd.DataFrame({"a": [1]}), "families").tables)
+        ['families']
     """
-    name = prefix or _snake(type(result).__name__)
-    if hasattr(result, "wandb_payload"):
-        return _as_payload(result.wandb_payload(), name)
     if isinstance(result, pd.DataFrame):
-        return WandbPayload(name, tables={"table": result})
+        return WandbPayload("table", tables={name or result.attrs.get("name") or "table": result})
+    kind = _snake(type(result).__name__)
+    prefix = kind if name in (None, kind) else f"{kind}/{name}"
+    if hasattr(result, "wandb_payload"):
+        return _as_payload(result.wandb_payload(), prefix)
     if hasattr(result, "to_dataframe"):
-        payload = WandbPayload(name, tables={"table": result.to_dataframe()})
+        payload = WandbPayload(prefix, tables={"table": result.to_dataframe()})
         try:
             payload.scalars = _scalars(result.summary())
         except (AttributeError, NotImplementedError):
@@ -85,9 +94,37 @@ def payload_of(result: Any, prefix: str | None = None) -> WandbPayload:
     )
 
 
+def _named(results: Mapping[str, Any] | Iterable[Any] | Any) -> list[tuple[str | None, Any]]:
+    """``(name, result)`` pairs: a mapping gives its names; in a list, a DataFrame without a
+    name (``attrs["name"]``) is ``table_<i>``, other results go by their type."""
+    if isinstance(results, Mapping):
+        return list(results.items())
+    if not isinstance(results, list | tuple):
+        results = [results]
+    pairs: list[tuple[str | None, Any]] = []
+    for i, result in enumerate(results):
+        if isinstance(result, pd.DataFrame) and not result.attrs.get("name"):
+            pairs.append((f"table_{i}", result))
+        else:
+            pairs.append((None, result))
+    return pairs
+
+
 def _snake(name: str) -> str:
     out = "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
     return out.removesuffix("_result")
+
+
+def run_location(run: Any) -> str:
+    """Where a run went: its URL when online, else its offline folder and the command to upload
+    it (``wandb sync <folder>``)."""
+    url = getattr(run, "url", None)
+    if url:
+        return str(url)
+    folder = Path(run.dir).parent if getattr(run, "dir", None) else None
+    if folder is None or getattr(run, "disabled", False):
+        return "disabled (nothing written)"
+    return f"offline run in {folder}; upload it with: wandb sync {folder}"
 
 
 def open_run(
@@ -97,10 +134,13 @@ def open_run(
     mode: str | None = None,
     dir: str | Path | None = None,
     name: str | None = None,
+    group: str | None = None,
 ) -> Any:
     """Start a wandb run that never prompts: offline unless ``mode`` or ``WANDB_MODE`` says else.
 
-    ``mode="disabled"`` gives a run that writes nothing.
+    ``mode="disabled"`` gives a run that writes nothing. ``config`` is the run's settings
+    (models with fingerprints, tokens, baseline, versions); ``group`` gathers the runs of one
+    study.
     """
     import wandb
 
@@ -113,6 +153,7 @@ def open_run(
         mode=mode,
         dir=str(dir) if dir is not None else None,
         name=name,
+        group=group,
         reinit="create_new",
         settings=wandb.Settings(silent=True, console="off"),
     )
@@ -127,8 +168,15 @@ def log_results(
     mode: str | None = None,
     out_dir: str | Path | None = None,
     finish: bool | None = None,
+    name: str | None = None,
+    group: str | None = None,
 ) -> Any:
-    """Log one or several results to ``run`` (or to a new offline run in ``out_dir``).
+    """Log one or several results to ``run`` (or to a new offline run in ``out_dir``, named
+    ``name``, in ``group``, with ``config`` as its settings).
+
+    ``results`` is one result, a list, or a mapping name -> result. Each result goes under its
+    own key, its type and name (:func:`payload_of`): ``correlation/...``,
+    ``table/neuron_table``, ``entropy_intervention/...``; a key used twice gets ``_2``, ``_3``.
 
     Returns the run, or ``None`` when wandb failed (a warning says why; nothing else is lost).
 
@@ -137,27 +185,36 @@ def log_results(
         >>> log_results(df, mode="disabled") is not None
         True
     """
-    if not isinstance(results, (list, tuple)):
-        results = [results]
     own_run = run is None
     try:
         import wandb
 
         if own_run:
-            run = open_run(project, config=config, mode=mode, dir=out_dir)
-        for result in results:
-            payload = payload_of(result)
+            run = open_run(project, config=config, mode=mode, dir=out_dir, name=name, group=group)
+        used: set[str] = set()
+
+        def key(prefix: str, item: str) -> str:
+            base = f"{prefix}/{item}"
+            found, n = base, 1
+            while found in used:
+                n += 1
+                found = f"{base}_{n}"
+            used.add(found)
+            return found
+
+        for result_name, result in _named(results):
+            payload = payload_of(result, result_name)
             p = payload.prefix
             if payload.scalars:
-                run.summary.update({f"{p}/{k}": float(v) for k, v in payload.scalars.items()})
+                run.summary.update({key(p, k): float(v) for k, v in payload.scalars.items()})
             row: dict[str, Any] = {}
-            for key, table in payload.tables.items():
-                row[f"{p}/{key}"] = wandb.Table(dataframe=table.reset_index(drop=True))
-            for key, values in payload.histograms.items():
+            for k, table in payload.tables.items():
+                row[key(p, k)] = wandb.Table(dataframe=_loggable(table))
+            for k, values in payload.histograms.items():
                 finite = np.asarray(values, dtype=np.float64)
-                row[f"{p}/{key}"] = wandb.Histogram(finite[np.isfinite(finite)])
-            for key, fig in payload.figures.items():
-                row[f"{p}/{key}"] = wandb.Image(_figure_image(fig))
+                row[key(p, k)] = wandb.Histogram(finite[np.isfinite(finite)])
+            for k, fig in payload.figures.items():
+                row[key(p, k)] = wandb.Image(_figure_image(fig))
             if row:
                 run.log(row)
         if finish if finish is not None else own_run:
@@ -171,6 +228,17 @@ def log_results(
             stacklevel=2,
         )
         return None
+
+
+def _loggable(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy wandb's Table takes: a flat index, string column names, no nested objects."""
+    flat = table.reset_index(drop=all(n is None for n in table.index.names))
+    flat.columns = [str(c) for c in flat.columns]
+    for column in flat.columns:
+        if flat[column].dtype == object:
+            flat[column] = flat[column].map(lambda v: v if isinstance(v, str | int | float | bool)
+                                            or v is None else str(v))  # fmt: skip
+    return flat
 
 
 def _figure_image(fig: Any) -> Any:

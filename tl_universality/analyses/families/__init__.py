@@ -6,6 +6,7 @@ from tl_universality.analyses.families.examples import (
     ActivatingExample,
     TopActivations,
     top_activations,
+    top_activations_of,
 )
 from tl_universality.analyses.families.explain import (
     explain,
@@ -34,6 +35,7 @@ __all__ = [
     "neuron_frame",
     "token_source",
     "top_activations",
+    "top_activations_of",
     "variance_reduction",
     "variance_reduction_stream",
 ]

@@ -76,10 +76,11 @@ class TopActivations:
             }
         )
 
-    def to_html(self) -> str:
-        """A self-contained HTML page: one row per example, tokens shaded by activation (red
-        positive, blue negative, relative to the largest magnitude shown) and the activating
-        token outlined; hover a token for its activation. Token text is escaped."""
+    def rows_html(self) -> str:
+        """The examples as an HTML ``<table>`` (no page around it): one row per example, tokens
+        shaded by activation (red positive, blue negative, relative to the largest magnitude
+        shown) and the activating token outlined (class ``top``); hover a token for its
+        activation. Token text is escaped."""
         finite = [abs(a) for e in self.examples for a in e.activations if math.isfinite(a)]
         scale = max(finite, default=0.0) or 1.0
         rows = []
@@ -101,18 +102,31 @@ class TopActivations:
                 f"<tr><td>{rank}</td><td>{e.activation:.4g}</td>"
                 f"<td>{e.sequence}:{e.position}</td><td class='ctx'>{''.join(spans)}</td></tr>"
             )
+        return (
+            "<table class='contexts'>"
+            "<tr><th>#</th><th>activation</th><th>seq:pos</th><th>context</th></tr>"
+            + "".join(rows)
+            + "</table>"
+        )
+
+    #: The styles :meth:`rows_html` needs.
+    CSS = (
+        " .ctx{font-family:monospace;white-space:pre;text-align:left}"
+        " .tok{border-radius:2px} .top{outline:2px solid #000;font-weight:bold}"
+    )
+
+    def to_html(self) -> str:
+        """A self-contained HTML page of :meth:`rows_html`."""
         title = html.escape(f"Layer {self.layer} neuron {self.neuron}: top activations")
         return (
             "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
             f"<title>{title}</title><style>"
             "body{font-family:sans-serif} table{border-collapse:collapse}"
             " td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:left}"
-            " .ctx{font-family:monospace;white-space:pre}"
-            " .tok{border-radius:2px} .top{outline:2px solid #000;font-weight:bold}"
-            f"</style></head><body><h3>{title}</h3><table>"
-            "<tr><th>#</th><th>activation</th><th>seq:pos</th><th>context</th></tr>"
-            + "".join(rows)
-            + "</table></body></html>\n"
+            + self.CSS
+            + f"</style></head><body><h3>{title}</h3>"
+            + self.rows_html()
+            + "</body></html>\n"
         )
 
     def _repr_html_(self) -> str:
@@ -164,46 +178,77 @@ def top_activations(
     Returns:
         :class:`TopActivations` (``to_dataframe()``, ``to_html()``, ``save_html(path)``).
     """
-    from tl_universality.units.activations import stream_activations
+    (top,) = top_activations_of(
+        model, tokens, [(layer, neuron)], k=k, context=context, after=after, vocab=vocab,
+        batch_size=batch_size, max_tokens=max_tokens, bos_token_id=bos_token_id,
+        progress=progress,
+    )  # fmt: skip
+    return top
 
-    frame = neuron_frame(model, [(layer, neuron)])
-    layer, neuron = int(frame.layer[0]), int(frame.neuron[0])
+
+def top_activations_of(
+    model: HookedModel,
+    tokens: Tokens,
+    neurons: NeuronsSpec,
+    *,
+    k: int = 20,
+    context: int = 10,
+    after: int = 3,
+    vocab: Any = None,
+    batch_size: int = 32,
+    max_tokens: int | None = None,
+    bos_token_id: int | None = None,
+    progress: bool = False,
+) -> list[TopActivations]:
+    """:func:`top_activations` of several neurons in one pass over the tokens, in the order of
+    ``neurons`` (see :data:`NeuronsSpec`)."""
+    from tl_universality.units.activations import stream_activations, unit_index
+
+    frame = neuron_frame(model, neurons)
+    pairs = [(int(layer), int(n)) for layer, n in zip(frame.layer, frame.neuron, strict=True)]
+    hooks = [f"blocks.{layer}.mlp.hook_post" for layer in sorted({layer for layer, _ in pairs})]
+    column = {p: unit_index(model, hooks).flat(*p) for p in pairs}  # in the batch's [tokens, units]
     strings = _display_vocab(model, vocab)
     source = token_source(model, tokens, max_tokens, bos_token_id)
-    best: list[ActivatingExample] = []
+    best: dict[tuple[int, int], list[ActivatingExample]] = {p: [] for p in pairs}
     for batch in stream_activations(
         model,
         source,
-        units=[f"blocks.{layer}.mlp.hook_post"],
+        units=hooks,
         batch_size=batch_size,
         bos_token_id=bos_token_id,
         progress=progress,
     ):
-        dense = torch.full(batch.tokens.shape, math.nan, dtype=torch.float64)
-        dense[batch.keep.cpu()] = batch.acts[0][:, neuron].cpu().to(torch.float64)
-        flat = torch.nan_to_num(dense.flatten(), nan=-math.inf)
         n_valid = int(batch.keep.sum())
         if n_valid == 0:
             continue
-        values, where = torch.topk(flat, min(k, n_valid))
         ids = batch.tokens.cpu()
         seq = ids.shape[1]
-        for value, i in zip(values.tolist(), where.tolist(), strict=True):
-            row, pos = divmod(i, seq)
-            lo, hi = max(0, pos - context), min(seq, pos + after + 1)
-            window = ids[row, lo:hi].tolist()
-            best.append(
-                ActivatingExample(
-                    activation=float(value),
-                    sequence=int(batch.first_sequence) + row,
-                    position=pos,
-                    tokens=[strings[t] if strings is not None else f"<{t}>" for t in window],
-                    activations=dense[row, lo:hi].tolist(),
-                    center=pos - lo,
+        keep = batch.keep.cpu()
+        for layer, neuron in best:
+            dense = torch.full(batch.tokens.shape, math.nan, dtype=torch.float64)
+            dense[keep] = batch.acts[0][:, column[(layer, neuron)]].cpu().to(torch.float64)
+            flat = torch.nan_to_num(dense.flatten(), nan=-math.inf)
+            values, where = torch.topk(flat, min(k, n_valid))
+            found = best[(layer, neuron)]
+            for value, i in zip(values.tolist(), where.tolist(), strict=True):
+                row, pos = divmod(i, seq)
+                lo, hi = max(0, pos - context), min(seq, pos + after + 1)
+                window = ids[row, lo:hi].tolist()
+                found.append(
+                    ActivatingExample(
+                        activation=float(value),
+                        sequence=int(batch.first_sequence) + row,
+                        position=pos,
+                        tokens=[strings[t] if strings is not None else f"<{t}>" for t in window],
+                        activations=dense[row, lo:hi].tolist(),
+                        center=pos - lo,
+                    )
                 )
-            )
-        best = sorted(best, key=lambda e: (-e.activation, e.sequence, e.position))[:k]
-    return TopActivations(layer, neuron, best)
+            best[(layer, neuron)] = sorted(
+                found, key=lambda e: (-e.activation, e.sequence, e.position)
+            )[:k]
+    return [TopActivations(layer, neuron, best[(layer, neuron)]) for layer, neuron in pairs]
 
 
 __all__ = [
@@ -217,6 +262,7 @@ __all__ = [
     "label_families",
     "neuron_frame",
     "top_activations",
+    "top_activations_of",
     "variance_reduction",
     "variance_reduction_stream",
 ]
