@@ -13,7 +13,7 @@ import torch
 
 import tl_universality
 from tl_universality.analyses.correlation import CorrelationResult
-from tl_universality.analyses.correlation.run import params_digest
+from tl_universality.analyses.correlation.fingerprint import weights_digest
 from tl_universality.cli import main
 from tl_universality.data.seeds import load_seed_model
 from tl_universality.outputs import report
@@ -244,7 +244,7 @@ def test_wandb_from_the_cli_has_settings_name_group_and_every_table(tmp_path, ca
     assert record.run_group == "study" and record.display_name.startswith("roles tiny")
     config = {i.key: json.loads(i.value_json) for i in record.config.update}
     fresh = load_seed_model(tiny_seed_folder(0))  # the session's family may have been processed
-    assert [m["fingerprint"] for m in config["models"]] == [params_digest(fresh)]
+    assert [m["fingerprint"] for m in config["models"]] == [weights_digest(fresh)]
     assert config["versions"]["tl_universality"] == tl_universality.__version__
     media = run_dir / "files" / "media" / "table" / "table"
     names = {p.name.rsplit("_", 2)[0] for p in media.glob("*.json")}

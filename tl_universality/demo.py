@@ -193,7 +193,7 @@ def run_demo(
     """
     from tl_universality.analyses.attention import attention_deactivation_scores
     from tl_universality.analyses.correlation import correlate
-    from tl_universality.analyses.correlation.run import params_digest
+    from tl_universality.analyses.correlation.fingerprint import weights_digest
     from tl_universality.analyses.entropy import entropy_neuron_scores
     from tl_universality.analyses.families import explain, families, family_counts
     from tl_universality.analyses.neuron_stats import (
@@ -215,7 +215,7 @@ def run_demo(
     summary.seconds["family"] = clock() - t
     _say(progress, describe_family(family))
     ref, *others = family.models
-    fingerprints = [params_digest(m) for m in family.models]  # before processing ref's weights
+    fingerprints = [weights_digest(m) for m in family.models]  # before processing ref's weights
     tokens = family.held_out_tokens()
     if max_tokens is not None:
         tokens = tokens.limit(max_tokens)

@@ -201,7 +201,7 @@ def test_resumed_equals_uninterrupted(family, toks, tmp_path):
             correlate(
                 family[0], family[1:], few, checkpoint_dir=folder, callback=kill_at(where), **kw
             )
-        assert (folder / "correlation_state.safetensors").exists()
+        assert (folder / "state" / "correlation_state.safetensors").exists()
         resumed = correlate(family[0], family[1:], few, checkpoint_dir=folder, **kw)
         for name in CorrelationResult._ARRAYS:
             assert torch.equal(
@@ -217,7 +217,7 @@ def test_resumed_equals_uninterrupted(family, toks, tmp_path):
     with pytest.raises(CheckpointMismatchError, match="tokens"):
         correlate(family[0], family[1:], toks[:8], checkpoint_dir=folder, **kw)
     # A corrupt checkpoint names the file and the fix.
-    (folder / "correlation_state.safetensors").write_bytes(b"garbage")
+    (folder / "state" / "correlation_state.safetensors").write_bytes(b"garbage")
     with pytest.raises(CorruptCacheError, match="correlation_state.safetensors.*delete"):
         correlate(family[0], family[1:], few, checkpoint_dir=folder, **kw)
 

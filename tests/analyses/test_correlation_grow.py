@@ -26,7 +26,6 @@ class SequenceCounter:
         self.n += act.shape[0]
 
 
-@pytest.mark.xfail(reason="issue 17 item 2: engine change by the lead", strict=True)
 def test_a_larger_max_tokens_continues_and_reads_only_the_new_tokens(tmp_path):
     models = [build_model(seed=s) for s in range(2)]
     tokens = random_tokens(32, SEQ, seed=3)
@@ -50,7 +49,6 @@ def test_a_larger_max_tokens_continues_and_reads_only_the_new_tokens(tmp_path):
     assert grown.n_tokens == a.shape[0]
 
 
-@pytest.mark.xfail(reason="issue 17 item 2: engine change by the lead", strict=True)
 def test_a_smaller_max_tokens_on_the_checkpoint_is_refused_clearly(tmp_path):
     models = [build_model(seed=s) for s in range(2)]
     tokens = random_tokens(32, SEQ, seed=3)

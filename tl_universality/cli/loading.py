@@ -165,6 +165,6 @@ def resolve_cli_tokens(args: argparse.Namespace, models: Sequence[Any]) -> Any:
 def fingerprint(model: Any) -> str:
     """A checksum of the model's weights, as the correlation checkpoint computes it. Taken before
     weights are processed (``process_weights_`` changes them, not the activations)."""
-    from tl_universality.analyses.correlation.run import params_digest
+    from tl_universality.analyses.correlation.fingerprint import weights_digest
 
-    return params_digest(model)
+    return weights_digest(model)

@@ -324,7 +324,7 @@ def stream_activations(
     units: UnitsSpec | Sequence[UnitsSpec] = None,
     batch_size: int = 32,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     exclude_token_ids: Iterable[int] | None = None,
     start_sequence: int = 0,
     check_finite: bool = True,
@@ -342,7 +342,8 @@ def stream_activations(
         units: a :data:`UnitsSpec` for all models, or a list with one spec per model.
         batch_size: sequences per forward pass.
         device: where the yielded activations live (default: the first model's device).
-        dtype: dtype of the yielded activations.
+        dtype: dtype of the yielded activations (default: each model's own, so a float64 model's
+            activations reach the statistics in float64; ``torch.float32`` rounds them).
         exclude_token_ids: token ids whose positions are dropped; default BOS and padding.
         start_sequence: skip this many sequences first without running the models (resuming).
         check_finite: raise :class:`NonFiniteActivationError` on NaN/inf activations.
@@ -371,7 +372,7 @@ def stream_activations(
     batch_size = check_int("batch_size", batch_size, minimum=1)
     start_sequence = check_int("start_sequence", start_sequence, minimum=0)
     check_device("device", device)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise InvalidArgumentError(
             f"dtype={dtype!r} is not a floating-point torch dtype. Fix: pass e.g."
             " dtype=torch.float32 or dtype=torch.float64."
@@ -440,6 +441,11 @@ def excluded_token_ids(
     return ids
 
 
+def _parameters(model: Any) -> Iterator[Tensor]:
+    params = getattr(model, "parameters", None)
+    return iter(params()) if callable(params) else iter(())
+
+
 def _run_one(
     model: HookedModel,
     batch: Int[Tensor, "batch seq"],
@@ -448,12 +454,16 @@ def _run_one(
     taps: Sequence[_Tap],
     stop: int | None,
     out_device: torch.device,
-    dtype: torch.dtype,
+    dtype: torch.dtype | None,
     check_finite: bool,
 ) -> Float[Tensor, "tok units"]:
     here = model_device(model)
     keep_here = keep.to(here)
     n_keep = int(keep.sum())
+    if dtype is None:  # the model's own dtype: never round a float64 model's activations
+        dtype = getattr(model.cfg, "dtype", None)
+        dtype = dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
+        dtype = dtype or next((p.dtype for p in _parameters(model)), torch.float32)
     out = torch.empty(n_keep, index.n_units, dtype=dtype, device=out_device)
     offsets = index.offsets
     fired: list[str] = []

@@ -1,11 +1,14 @@
 """Universality by correlation (docs/concepts.md, "Universality").
 
+- :mod:`~tl_universality.analyses.correlation.config`: :class:`CorrelationConfig`, the settings.
+- :mod:`~tl_universality.analyses.correlation.fingerprint`: what a checkpoint proves it saw.
 - :mod:`~tl_universality.analyses.correlation.plan`: tiles and passes under a memory budget.
 - :mod:`~tl_universality.analyses.correlation.run`: the run's statistics, reductions, checkpoints.
 - :mod:`~tl_universality.analyses.correlation.result`: :class:`CorrelationResult`.
 - :mod:`~tl_universality.analyses.correlation.engine`: :func:`correlate`, the entry point.
 """
 
+from tl_universality.analyses.correlation.config import CorrelationConfig
 from tl_universality.analyses.correlation.engine import correlate
 from tl_universality.analyses.correlation.plan import (
     CorrelationPlan,
@@ -18,6 +21,7 @@ from tl_universality.analyses.correlation.result import CorrelationResult
 from tl_universality.analyses.correlation.run import CorrelationProgress
 
 __all__ = [
+    "CorrelationConfig",
     "CorrelationPlan",
     "CorrelationProgress",
     "CorrelationResult",

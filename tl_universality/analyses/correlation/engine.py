@@ -19,6 +19,7 @@ arguments continues from the last checkpoint and gives the same result as an uni
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -28,14 +29,13 @@ from typing import Any
 
 import torch
 
+from tl_universality.analyses.correlation.config import CorrelationConfig
+from tl_universality.analyses.correlation.fingerprint import batch_digest, weights_digest
 from tl_universality.analyses.correlation.plan import (
-    CHECKPOINT_FILE,
-    FORMAT_PREFIX,
     FORMAT_VERSION,
     as_model_list,
     logger,
     make_plan,
-    parse_bytes,
     per_model_units,
     resolve_matrix_dtype,
 )
@@ -45,19 +45,16 @@ from tl_universality.analyses.correlation.run import (
     CorrelationRun,
     load_checkpoint,
     model_labels,
-    params_digest,
     save_checkpoint,
-    source_digest,
 )
 from tl_universality.core.errors import (
     CheckpointMismatchError,
     EmptyTokenSourceError,
+    InvalidArgumentError,
 )
 from tl_universality.core.protocol import HookedModel, check_same_tokenizer, model_name
+from tl_universality.core.validate import check_device, check_folder
 from tl_universality.data.tokens.resolve import Tokens
-from tl_universality.stats.baselines import (
-    check_kind,
-)
 from tl_universality.stats.cross_moments import (
     ProductDtype,
     resolve_product_dtype,
@@ -92,6 +89,7 @@ def correlate(
     bos_token_id: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 10_000_000,
+    config: CorrelationConfig | None = None,
     names: Sequence[str] | None = None,
     progress: bool = True,
     callback: Callable[[CorrelationProgress], None] | None = None,
@@ -132,6 +130,8 @@ def correlate(
         bos_token_id: The BOS id of a token tensor when the models have no tokenizer.
         checkpoint_dir: Folder for checkpoints; a rerun with the same arguments resumes there.
         checkpoint_every: Tokens between checkpoints (each pass's end is always one).
+        config: All the settings above as one :class:`CorrelationConfig` (the keywords are
+            turned into one otherwise; passing both is an error where they disagree).
         names: Labels of ``[model, *others]`` in tables (default their ``cfg.model_name``).
         progress: Show progress bars and print the plan; False is quiet.
         callback: Called with a :class:`CorrelationProgress` after every batch.
@@ -154,36 +154,42 @@ def correlate(
     """
     from tl_universality.data.tokens import resolve_tokens
 
+    given = CorrelationConfig.from_kwargs(
+        all_pairs=all_pairs, baseline=baseline, n_draws=n_draws, seed=seed, top_k=top_k,
+        keep_matrix=keep_matrix, memory_budget=memory_budget, batch_size=batch_size,
+        product_dtype=product_dtype, exclude_token_ids=exclude_token_ids, seq_len=seq_len,
+        max_tokens=max_tokens, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
+    cfg = _settings(config, given)
+    check_device("device", device)
+    folder = check_folder("checkpoint_dir", checkpoint_dir)
     models = [model, *as_model_list(others)]
     if len(models) < 2:
         raise ValueError("correlate needs at least one other model to compare with.")
-    check_kind(baseline)
-    if n_draws < 1 and baseline:
-        raise ValueError(f"n_draws must be at least 1, got {n_draws}.")
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}.")
     check_same_tokenizer(models)  # before any compute: a mismatch makes every number meaningless
     labels = model_labels(models, names)
     specs = per_model_units(units, len(models))
     indices = [unit_index(m, s) for m, s in zip(models, specs, strict=True)]
     dev = torch.device(device) if device is not None else model_device(models[0])
-    product, _ = resolve_product_dtype(product_dtype, dev)
-    matrix_dtype = resolve_matrix_dtype(keep_matrix)
-    source = resolve_tokens(
-        tokens, models, seq_len=seq_len, max_tokens=max_tokens, bos_token_id=bos_token_id
-    )
+    product, _ = resolve_product_dtype(cfg.product_dtype, dev)
+    matrix_dtype = resolve_matrix_dtype(cfg.keep_matrix)
+    # The whole stream, and the part this run reads: growing max_tokens on a checkpoint
+    # continues the same stream.
+    stream = resolve_tokens(tokens, models, seq_len=cfg.seq_len, bos_token_id=bos_token_id)
+    source = stream.limit(cfg.max_tokens) if cfg.max_tokens is not None else stream
+    n_draws_used = cfg.n_draws if cfg.baseline else 0
     plan = make_plan(
         indices,
-        all_pairs=all_pairs,
-        baseline=baseline,
-        memory_budget=parse_bytes(memory_budget),
-        tokens_per_batch=batch_size * source.seq_len,
+        all_pairs=cfg.all_pairs,
+        baseline=cfg.baseline,
+        memory_budget=cfg.memory_budget,
+        tokens_per_batch=cfg.batch_size * source.seq_len,
         product=product,
         matrix_itemsize=0
         if matrix_dtype is None
         else torch.empty((), dtype=matrix_dtype).element_size(),
-        top_k=top_k,
-        n_draws=n_draws if baseline else 0,
+        top_k=cfg.top_k,
+        n_draws=n_draws_used,
     )
     if progress:  # the plan before the work starts; quiet runs still log it
         print(plan, file=sys.stderr)
@@ -193,82 +199,62 @@ def correlate(
     run = CorrelationRun(
         plan,
         indices,
-        baseline=baseline,
-        n_draws=n_draws,
-        seed=seed,
-        top_k=top_k,
+        baseline=cfg.baseline,
+        n_draws=cfg.n_draws,
+        seed=cfg.seed,
+        top_k=cfg.top_k,
         matrix_dtype=matrix_dtype,
-        product_dtype=product_dtype,
+        product_dtype=cfg.product_dtype,
         device=dev,
-        all_pairs=all_pairs,
+        all_pairs=cfg.all_pairs,
     )
-    settings = {
-        "all_pairs": all_pairs,
-        "baseline": baseline,
-        "n_draws": n_draws if baseline else 0,
-        "seed": seed,
-        "top_k": top_k,
-        "keep_matrix": str(matrix_dtype) if matrix_dtype else None,
-        "product_dtype": str(product_dtype) if product_dtype is not None else "float32",
-        "exclude_token_ids": sorted(int(t) for t in exclude_token_ids)
-        if exclude_token_ids is not None
-        else None,
-    }
-    config = {
-        **settings,
+    weights = [weights_digest(m) for m in models]
+    config_out = {
+        **cfg.to_dict(),
         "names": labels,
         "tokens": source.name,
         "seq_len": source.seq_len,
-        "batch_size": batch_size,
         "n_passes": plan.n_passes,
+        "model_weights": weights,
         "version": FORMAT_VERSION,
     }
+    exclude = list(cfg.exclude_token_ids) if cfg.exclude_token_ids is not None else None
 
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    fingerprint: dict[str, Any] = {}
+    digests: list[str] = []  # of every batch of the stream read so far, in order
+    seen_total = 0  # sequences of the stream read so far (pass 0)
     resumed_complete = False
+    fingerprint: dict[str, Any] = {}
     if folder is not None:
-        fingerprint = {
-            **settings,
-            "models": [{"name": model_name(m), "params": params_digest(m)} for m in models],
-            "units": [i.to_dict() for i in indices],
-            "tokens": source_digest(source),
-            "plan": plan.layout(),
-        }
-        fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as stored: lists, str
+        fingerprint = _fingerprint(cfg, models, weights, indices, source, plan)
         loaded = load_checkpoint(folder)
         if loaded is not None:
             state, meta = loaded
-            old = meta.get("fingerprint") or {}
-            if old != fingerprint:
-                differ = sorted(
-                    k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k)
-                )
-                raise CheckpointMismatchError(
-                    f"The checkpoint in {folder} was made with different arguments (they differ in:"
-                    f" {', '.join(differ)}). Fix: call correlate with the same models, tokens and"
-                    " settings to resume, or pass an empty checkpoint_dir to start a new run."
-                )
+            _check_fingerprint(folder, meta.get("fingerprint") or {}, fingerprint)
+            digests = [str(d) for d in meta.get("token_digests", [])]
+            seen = seen_total = int(meta.get("stream_sequences", 0))
+            _check_size(folder, cfg, source, seen, plan, meta)
+            _verify_prefix(folder, source, cfg.batch_size, digests, seen)
             run.load(state, meta)
             resumed_complete = bool(meta.get("complete"))
             if progress:
                 print(
-                    f"Resuming from {folder / CHECKPOINT_FILE}: pass {run.next_pass} of"
-                    f" {plan.n_passes}, {run.sequences} sequences in.",
+                    f"Resuming from {folder}: pass {run.next_pass + 1} of {plan.n_passes},"
+                    f" {run.sequences} sequences in.",
                     file=sys.stderr,
                 )
 
-    def checkpoint(complete: bool = False) -> None:
+    def checkpoint(complete: bool = False, stream_end: bool = False) -> None:
         if folder is None:
             return
         meta = {
-            "format": FORMAT_PREFIX + ".checkpoint",
-            "version": FORMAT_VERSION,
             "fingerprint": fingerprint,
+            "token_digests": digests,
+            "stream_sequences": run.sequences if run.next_pass == 0 else seen_total,
             "next_pass": run.next_pass,
             "sequences": run.sequences,
             "n_tokens": run.n_tokens,
             "complete": complete,
+            "stream_end": stream_end,
         }
         save_checkpoint(folder, run, meta)
 
@@ -276,22 +262,32 @@ def correlate(
         if run.stats is None:
             run.stats = [run.new_stats(t) for t in run.pass_tiles()]
         since = 0
+        batch_index = _batches_before(run.sequences, cfg.batch_size)
         batches = stream_activations(
             models,
             source,
             units=units,
-            batch_size=batch_size,
+            batch_size=cfg.batch_size,
             device=dev,
-            exclude_token_ids=exclude_token_ids,
+            exclude_token_ids=exclude,
             start_sequence=run.sequences,
             progress=progress,
         )
         try:
             for batch in batches:
+                digest = batch_digest(batch.tokens)
+                if batch_index < len(digests):
+                    if digests[batch_index] != digest:
+                        raise _token_mismatch(folder, batch_index, cfg.batch_size)
+                else:
+                    digests.append(digest)
+                batch_index += 1
                 run.update(batch.acts)
                 run.sequences += batch.tokens.shape[0]
+                if run.next_pass == 0:
+                    seen_total = run.sequences
                 since += batch.tokens.numel()
-                saved = folder is not None and since >= checkpoint_every
+                saved = folder is not None and since >= cfg.checkpoint_every
                 if saved:
                     checkpoint()
                     since = 0
@@ -308,6 +304,10 @@ def correlate(
                 del batch  # let this batch's activations go before the next forward pass
         finally:
             batches.close()  # ends the progress bar even when a callback raises
+        if plan.n_passes == 1:
+            # The statistics at the end of the stream: a later run with a larger max_tokens
+            # continues from here and reads only the new tokens.
+            checkpoint(stream_end=True)
         run.finish_pass()
         run.next_pass += 1
         run.sequences = 0
@@ -319,7 +319,121 @@ def correlate(
             " correlation is defined. Pass longer sequences or more data."
         )
     run.add_noise_baseline()
-    if not resumed_complete:
+    if not resumed_complete and plan.n_passes > 1:
         checkpoint(complete=True)
-    results = run.results(labels, config)
-    return results if all_pairs else results[0]
+    results = run.results(labels, config_out)
+    return results if cfg.all_pairs else results[0]
+
+
+def _settings(config: CorrelationConfig | None, given: CorrelationConfig) -> CorrelationConfig:
+    """``config`` when given (keywords may not contradict it), else the keywords' settings."""
+    if config is None:
+        return given
+    if not isinstance(config, CorrelationConfig):
+        raise InvalidArgumentError(
+            f"config={config!r} is not a CorrelationConfig. Fix: pass"
+            " config=CorrelationConfig(...), or the settings as keyword arguments."
+        )
+    default = CorrelationConfig()
+    clash = [
+        f.name
+        for f in dataclasses.fields(CorrelationConfig)
+        if getattr(given, f.name) != getattr(default, f.name)
+        and getattr(given, f.name) != getattr(config, f.name)
+    ]
+    if clash:
+        raise InvalidArgumentError(
+            f"config= and the keyword argument(s) {', '.join(clash)} disagree. Fix: pass each"
+            " setting once, e.g. config.replace(...)."
+        )
+    return config
+
+
+def _fingerprint(cfg, models, weights, indices, source, plan) -> dict[str, Any]:
+    """Everything the statistics depend on but the token contents (checked batch by batch)."""
+    settings = cfg.to_dict()
+    for free in ("max_tokens", "checkpoint_every"):  # growing and checkpoint spacing are allowed
+        settings.pop(free)
+    out = {
+        **settings,
+        "models": [
+            {"name": model_name(m), "weights": w} for m, w in zip(models, weights, strict=True)
+        ],
+        "units": [i.to_dict() for i in indices],
+        "seq_len": source.seq_len,
+        "plan": plan.layout(),
+    }
+    return json.loads(json.dumps(out, default=str))  # as stored: lists, str
+
+
+def _check_fingerprint(folder: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    if old == new:
+        return
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    detail = ""
+    if "models" in differ and len(old.get("models", [])) == len(new["models"]):
+        changed = [
+            f"model {i} ({n['name']})"
+            for i, (o, n) in enumerate(zip(old["models"], new["models"], strict=True))
+            if o != n
+        ]
+        detail = f"; the weights of {', '.join(changed)} differ from the checkpoint's"
+    raise CheckpointMismatchError(
+        f"The checkpoint in {folder} was made with different arguments (they differ in:"
+        f" {', '.join(differ)}{detail}). Fix: call correlate with the same models, tokens and"
+        " settings to resume, or pass an empty checkpoint_dir to start a new run."
+    )
+
+
+def _check_size(folder, cfg, source, seen: int, plan, meta: dict[str, Any]) -> None:
+    """A smaller run than the checkpoint's is refused; a larger one must be growable."""
+    wanted = source.n_sequences
+    if wanted is None or wanted == seen:
+        return
+    tokens_seen = seen * source.seq_len
+    if wanted < seen:
+        what = (
+            f"max_tokens={cfg.max_tokens} is smaller than"
+            if cfg.max_tokens is not None
+            else f"The tokens ({wanted * source.seq_len}) are fewer than"
+        )
+        raise CheckpointMismatchError(
+            f"{what} the {tokens_seen} tokens the checkpoint in {folder} has already consumed."
+            f" Fix: pass the same tokens with max_tokens >= {tokens_seen} (or None) to resume or"
+            " grow the run, or pass another checkpoint_dir."
+        )
+    finished = bool(meta.get("complete")) or (
+        plan.n_passes > 1 and int(meta.get("next_pass", 0)) > 0
+    )
+    if finished:
+        raise CheckpointMismatchError(
+            f"The checkpoint in {folder} holds a run tiled into {plan.n_passes} passes that has"
+            f" read past its first pass at {tokens_seen} tokens; growing it to"
+            f" max_tokens={cfg.max_tokens} would need the statistics of every tile, which are not"
+            " kept. Fix: pass the same max_tokens, or a larger memory_budget (one pass), or start"
+            " over with another checkpoint_dir."
+        )
+
+
+def _verify_prefix(folder, source, batch_size: int, digests: list[str], seen: int) -> None:
+    """Re-read the tokens the checkpoint consumed and refuse at the first batch that differs."""
+    count = 0
+    for k, tokens in enumerate(source.batches(batch_size)):
+        if count >= seen or k >= len(digests):
+            return
+        if batch_digest(tokens) != digests[k]:
+            raise _token_mismatch(folder, k, batch_size)
+        count += tokens.shape[0]
+
+
+def _token_mismatch(folder: Path | None, batch: int, batch_size: int) -> CheckpointMismatchError:
+    first, last = batch * batch_size, (batch + 1) * batch_size - 1
+    return CheckpointMismatchError(
+        f"The tokens differ from those the checkpoint in {folder} consumed, first at sequences"
+        f" {first}-{last} (batch {batch}). Fix: pass the same tokens to resume, or pass an empty"
+        " checkpoint_dir to start a new run."
+    )
+
+
+def _batches_before(sequences: int, batch_size: int) -> int:
+    return -(-sequences // batch_size)

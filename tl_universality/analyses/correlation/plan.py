@@ -390,7 +390,7 @@ def _dedup_grams(
     return tiles, [list(p) for p in passes]
 
 
-def resolve_matrix_dtype(keep_matrix: bool | str | torch.dtype) -> torch.dtype | None:
+def resolve_matrix_dtype(keep_matrix: bool | str | torch.dtype | None) -> torch.dtype | None:
     if keep_matrix is False or keep_matrix is None:
         return None
     if keep_matrix is True:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +13,6 @@ from torch import Tensor
 from tl_universality.analyses.correlation.plan import (
     CHECKPOINT_FILE,
     FINAL_CHUNK,
-    FORMAT_PREFIX,
     MIX_CACHE_BYTES,
     CorrelationPlan,
     Tile,
@@ -27,6 +22,7 @@ from tl_universality.core.errors import (
     CorruptCacheError,
 )
 from tl_universality.core.protocol import HookedModel, model_name
+from tl_universality.core.saving import open_saved, remove_leftovers, save_folder
 from tl_universality.stats.baselines import (
     MIXING_KINDS,
     mixed_correlation,
@@ -407,67 +403,34 @@ class CorrelationRun:
         return out
 
 
-def save_checkpoint(folder: Path, run: CorrelationRun, meta: dict[str, Any]) -> None:
-    """Write the run's state as one safetensors file (metadata in its header), atomically."""
-    from safetensors.torch import save_file
+CHECKPOINT_FORMAT = "tl_universality.correlation_checkpoint"
+CHECKPOINT_VERSION = 2
 
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / CHECKPOINT_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{CHECKPOINT_FILE}.", dir=folder)
-    os.close(fd)
-    try:
-        save_file(run.tensors(), tmp, metadata={"meta": json.dumps(meta, default=str)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)  # the old checkpoint stays valid until this instant
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    # A readable copy for humans; the safetensors header is what resuming trusts.
-    (folder / "correlation_state.json").write_text(json.dumps(meta, indent=2, default=str))
+
+def save_checkpoint(folder: Path, run: CorrelationRun, meta: dict[str, Any]) -> None:
+    """Write the run's state to ``folder/state`` (a checksummed saved folder), atomically: the
+    previous checkpoint stays whole until the new one is complete."""
+    with save_folder(folder / "state", CHECKPOINT_FORMAT, CHECKPOINT_VERSION, meta) as out:
+        out.write_tensors(CHECKPOINT_FILE.removesuffix(".safetensors"), run.tensors())
 
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = folder / CHECKPOINT_FILE
-    if not path.exists():
-        return None
-    fix = f"Fix: delete {folder} (or pass another checkpoint_dir) to start the run over."
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["meta"])
-        if meta.get("format") != FORMAT_PREFIX + ".checkpoint":
-            raise ValueError(f"format is {meta.get('format')!r}")
-        return load_file(path), meta
-    except Exception as err:  # safetensors and json raise their own error types
-        raise CorruptCacheError(f"The checkpoint {path} is unreadable ({err}). {fix}") from err
-
-
-def params_digest(model: Any) -> str:
-    """A checksum of a model's weights: resuming with other weights must fail."""
-    h = hashlib.sha256()
-    named = getattr(model, "named_parameters", None)
-    if named is None:  # pragma: no cover - every TransformerLens model has parameters
-        return "unknown"
-    with torch.no_grad():
-        for name, p in sorted(named(), key=lambda kv: kv[0]):
-            p64 = p.detach().to(torch.float64)
-            h.update(
-                f"{name}:{tuple(p.shape)}:{p64.sum().item():.17g}:{p64.square().sum().item():.17g}".encode()
-            )
-    return h.hexdigest()[:16]
-
-
-def source_digest(source: Any) -> dict[str, Any]:
-    head = next(iter(source.batches(4)))
-    return {
-        "name": source.name,
-        "seq_len": source.seq_len,
-        "n_sequences": source.n_sequences,
-        "head": hashlib.sha256(head.numpy().tobytes()).hexdigest()[:16],
-    }
+    """The state and metadata of ``folder``'s checkpoint, verified; None when there is none."""
+    fix = f"delete {folder} (or pass another checkpoint_dir) to start the run over."
+    if (folder / CHECKPOINT_FILE).exists():
+        raise CorruptCacheError(
+            f"{folder / CHECKPOINT_FILE} is a checkpoint of an older version, without checksums."
+            f" Fix: {fix}"
+        )
+    state_dir = folder / "state"
+    if not state_dir.exists():
+        remove_leftovers(state_dir)  # restores a checkpoint whose swap was killed half-way
+        if not state_dir.exists():
+            return None
+    with open_saved(
+        state_dir, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, what="correlation checkpoint", fix=fix
+    ) as saved:
+        return saved.tensors(CHECKPOINT_FILE.removesuffix(".safetensors")), dict(saved.meta)
 
 
 def model_labels(models: Sequence[HookedModel], names: Sequence[str] | None) -> list[str]:
