@@ -280,6 +280,43 @@ def cmd_flow(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_training_curve(args: argparse.Namespace) -> int:
+    """Universality at each training checkpoint (docs/training_curve.md)."""
+    from tl_universality.analyses.training_curve import universality_over_training
+    from tl_universality.data import seeds
+
+    steps = [int(x) for x in args.checkpoints.split(",")] if args.checkpoints else None
+    if args.family:  # an offline family: train it (once) with these checkpoints
+        spec: Any = seeds.train_seed_family(
+            args.family, checkpoints=steps, progress=not args.quiet, device=args.device
+        )
+    elif len(args.models) == 1 and Path(args.models[0]).is_dir():
+        spec = seeds.load_family_folder(args.models[0], device=args.device)
+    elif len(args.models) >= 2 and steps:
+        spec = args.models  # hub models with checkpoints (needs the internet)
+    else:
+        raise UniversalityError(
+            "training-curve needs --family PRESET, a seed-family folder, or two or more model"
+            " names with --checkpoints (e.g. stanford-gpt2-small-a stanford-gpt2-small-b"
+            " --checkpoints 0,1000,400000)."
+        )
+    curve = universality_over_training(
+        spec, steps if steps and not args.family else "all", _tokens(args),
+        checkpoint_kind=args.checkpoint_kind, threshold=args.threshold, n_draws=args.n_draws,
+        batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device,
+        progress=not args.quiet,
+    )  # fmt: skip
+    out = _out(args)
+    curve.save(out / "training_curve")
+    curve.plot().savefig(out / "training_curve.png", dpi=120)
+    columns = ["step", "tokens_seen", "loss", "layer", "universal_share", "median_max_corr",
+               "median_baseline", "excess_p99", "excess_max", "participation_ratio"]  # fmt: skip
+    print(curve.to_dataframe()[columns].to_string(index=False, float_format="{:.3f}".format))
+    print(f"saved training_curve/ and training_curve.png in {out}")
+    _maybe_wandb(args, curve)
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------
 
 
@@ -384,6 +421,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--correlation", default=None, help="a saved correlation result to overlay")
     _common(p, tokens=False)
     p.set_defaults(func=cmd_flow)
+
+    p = sub.add_parser("training-curve", help="universality at each training checkpoint")
+    p.add_argument("models", nargs="*", help="a seed-family folder, or hub model names")
+    p.add_argument("--family", default=None, help="an offline seed family preset (tiny, demo)")
+    p.add_argument("--checkpoints", default=None, help="comma-separated steps (or indices)")
+    p.add_argument("--checkpoint-kind", default="value", choices=["value", "index"])
+    p.add_argument("--threshold", type=float, default=0.5, help="excess_corr for universal")
+    p.add_argument("--n-draws", type=int, default=2, help="baseline draws per checkpoint")
+    _common(p)
+    p.set_defaults(func=cmd_training_curve)
 
     p = sub.add_parser("report", help="write the HTML report of a results folder")
     p.add_argument("dir", help="a results folder (the --out of the other commands)")
