@@ -223,11 +223,13 @@ class TrainingCurve(Result):
             )
             ax_excess.plot(x, rows["excess_max"], ls=":", color=color, label=f"layer {layer} max")
         ax_excess.axhline(self.threshold, color="black", ls="--", lw=0.8, label="threshold")
-        for axis in (ax_share, ax_excess):
-            if (x_all > 0).all() and x_all.max() > 10 * x_all.min():
-                axis.set_xscale("log")
-            elif x_all.max() > 0 and (x_all == 0).any():
-                axis.set_xscale("symlog", linthresh=max(1.0, float(np.sort(x_all)[1]) / 2))
+        positive = x_all[x_all > 0]
+        if positive.size and x_all.max() > 100 * positive.min():  # spans decades: log scale
+            for axis in (ax_share, ax_excess):
+                if (x_all > 0).all():
+                    axis.set_xscale("log")
+                else:
+                    axis.set_xscale("symlog", linthresh=float(positive.min()))
         share_max = float(100 * self.table["universal_share"].max()) if len(self.table) else 0
         ax_share.set_ylim(0, max(1.0, 1.2 * share_max))
         ax_share.set_ylabel(f"universal (excess > {self.threshold}) %")
