@@ -22,6 +22,7 @@ from tl_universality.analyses import families as families_module
 from tl_universality.analyses import neuron_stats as neuron_stats_module
 from tl_universality.analyses import roles as roles_module
 from tl_universality.analyses import sae as sae_module
+from tl_universality.analyses import training_curve as training_curve_module
 from tl_universality.analyses import vocab as vocab_module
 from tl_universality.attention_decomposition import decompose as decompose_module
 from tl_universality.attention_decomposition import intervene as intervene_module
@@ -152,6 +153,9 @@ class UniversalityAccessor:
 
     # Universality (docs/concepts.md, "Universality")
     correlate = _delegate(correlation_module.correlate)
+
+    # Universality across training checkpoints (docs/training_curve.md)
+    training_curve = _delegate(training_curve_module.training_curve)
 
     # Neuron table, vocabulary composition and roles ("The neuron table", "Circuit roles")
     neuron_stats = _delegate(neuron_stats_module.neuron_stats)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -52,13 +53,16 @@ def fake_training(monkeypatch):
     """Replaces training by an untrained model (for tests about the cache, not about training)."""
     calls: list[int] = []
 
-    def fake(config, seed, tokenizer, train, held, order, *, progress, device):
+    def fake(config, seed, tokenizer, train, held, order, *, progress, device, **checkpointing):
         from transformer_lens import HookedTransformer
 
         calls.append(seed)
         cfg = config.model_config(seed, len(tokenizer), device)
+        model = HookedTransformer(cfg, tokenizer=tokenizer)
+        for step in checkpointing.get("checkpoints", ()):
+            checkpointing["on_checkpoint"](step, model)
         record = {"seed": seed, "held_out_loss": 9.0, "train_seconds": 0.0}
-        return HookedTransformer(cfg, tokenizer=tokenizer), record
+        return model, record
 
     monkeypatch.setattr(family_module, "train_one", fake)
     return calls
@@ -207,15 +211,76 @@ def test_damaged_seed_is_retrained_with_a_warning(family_copy, count_training, t
     assert count_training == []
 
 
+def flip_byte(path):
+    """Flip one bit in the middle of ``path`` (same size: only a checksum can see it)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def saved_files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_the_cache_layout(tiny_family):
+    files = saved_files(tiny_family.folder)
+    assert "family.json" in files
+    for piece in ("settings", "tokenizer", "held_out", "seed0", "seed1", "seed2"):
+        assert f"{piece}/manifest.json" in files
+    assert {"seed0/model.safetensors", "seed0/config.json", "seed0/train.json"} <= set(files)
+    assert {"held_out/tokens.safetensors", "tokenizer/tokenizer.json"} <= set(files)
+
+
+def test_a_flipped_byte_in_any_file_is_detected(family_copy):
+    """Every file the family saved, one at a time: loading raises, naming its piece and the fix."""
+    cache_dir, folder = family_copy
+    for rel in saved_files(folder):
+        original = (folder / rel).read_bytes()
+        flip_byte(folder / rel)
+        piece = rel.split("/")[0]
+        with pytest.raises(CorruptCacheError, match=re.escape(str(folder / piece))) as err:
+            load_seed_family("tiny", cache_dir=cache_dir)
+        assert "Fix" in str(err.value), rel
+        (folder / rel).write_bytes(original)
+    load_seed_family("tiny", cache_dir=cache_dir)
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "seed1/model.safetensors",
+        "seed1/manifest.json",
+        "tokenizer/tokenizer.json",
+        "held_out/tokens.safetensors",
+        "settings/settings.json",
+        "family.json",
+    ],
+)
+def test_a_flipped_byte_is_repaired_alone(rel, family_copy, tiny_family, count_training):
+    """Repair trains only the seed whose file it was: none for the tokenizer, the held-out
+    tokens, the settings or family.json (they are rebuilt from the corpus)."""
+    cache_dir, folder = family_copy
+    flip_byte(folder / rel)
+    with pytest.warns(UserWarning, match="rebuilding"):
+        fam = train_seed_family("tiny", cache_dir=cache_dir, **QUIET)
+    assert count_training == ([1] if rel.startswith("seed1") else [])
+    again = load_seed_family("tiny", cache_dir=cache_dir)  # repaired and verified
+    toks = tiny_family.held_out_tokens().limit(2 * 64).to_tensor()
+    for a, b in zip(logits(again, toks), logits(tiny_family, toks), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert fam.held_out_loss == pytest.approx(tiny_family.held_out_loss, abs=1e-5)
+
+
 @pytest.mark.parametrize(
     "damage",
     [
         lambda f: (f / "seed1" / "model.safetensors").unlink(),
         lambda f: (f / "seed1" / "config.json").write_text("{ broken"),
         lambda f: (f / "seed1" / "train.json").write_text("[]"),
+        lambda f: (f / "seed1" / "manifest.json").unlink(),
         lambda f: shutil.rmtree(f / "seed1"),
     ],
-    ids=["missing-weights", "bad-config-json", "bad-train-json", "missing-seed-folder"],
+    ids=["missing-weights", "bad-config-json", "bad-train-json", "no-manifest", "no-seed-folder"],
 )
 def test_every_kind_of_damage_is_detected(damage, family_copy, fake_training):
     cache_dir, folder = family_copy
@@ -227,22 +292,26 @@ def test_every_kind_of_damage_is_detected(damage, family_copy, fake_training):
     assert load_seed_family("tiny", cache_dir=cache_dir).held_out_loss[1] == 9.0
 
 
-def test_damaged_tokenizer_rebuilds_the_family(family_copy, fake_training):
+@pytest.mark.parametrize("piece", ["tokenizer", "held_out", "settings"])
+def test_a_missing_base_piece_is_rebuilt_without_training(piece, family_copy, fake_training):
     cache_dir, folder = family_copy
-    (folder / "tokenizer" / "tokenizer.json").write_text("{")
+    shutil.rmtree(folder / piece)
     with pytest.warns(UserWarning, match="rebuilding"):
         train_seed_family("tiny", cache_dir=cache_dir, **QUIET)
-    assert fake_training == [0, 1, 2]  # every model depends on the tokenizer
+    assert fake_training == []  # the seeds do not depend on the files, only on their content
+    load_seed_family("tiny", cache_dir=cache_dir)
 
 
-def test_changed_data_retrains_every_seed(family_copy, fake_training):
-    from safetensors.torch import save_file
-
+def test_changed_data_retrains_every_seed(family_copy, fake_training, monkeypatch):
     cache_dir, folder = family_copy
-    (folder / "family.json").unlink()  # an interrupted run, whose held-out data differs
-    save_file(
-        {"tokens": torch.zeros(2, 64, dtype=torch.long)}, folder / "held_out_tokens.safetensors"
-    )
+    real = family_module._corpus_split
+
+    def edited(tokenizer, config):  # as if the standard library had been edited
+        train, held = real(tokenizer, config)
+        return train.flip(0), held
+
+    monkeypatch.setattr(family_module, "_corpus_split", edited)
+    (folder / "family.json").unlink()  # an interrupted run: the repair path reads the data
     with pytest.warns(UserWarning, match="changed"):
         train_seed_family("tiny", cache_dir=cache_dir, **QUIET)
     assert fake_training == [0, 1, 2]
@@ -258,29 +327,122 @@ def test_bad_family_json_is_rewritten_without_training(family_copy, count_traini
     assert len(fam.models) == 3
 
 
-def test_load_seed_model_names_the_folder_and_the_fix(family_copy):
+def test_load_seed_model_names_the_file_and_the_fix(family_copy):
     _, folder = family_copy
     seed_folder = folder / "seed0"
     (seed_folder / "model.safetensors").write_bytes(b"\x00" * 10)
-    with pytest.raises(CorruptCacheError, match=rf"{seed_folder}.*Fix: delete"):
+    with pytest.raises(CorruptCacheError, match=rf"{seed_folder}/model.safetensors.*Fix: delete"):
         load_seed_model(seed_folder)
     (seed_folder / "model.safetensors").unlink()
-    with pytest.raises(CorruptCacheError, match="no model.safetensors"):
+    with pytest.raises(CorruptCacheError, match="model.safetensors is missing"):
         load_seed_model(seed_folder)
-    (seed_folder / "config.json").write_text("{}")
-    with pytest.raises(CorruptCacheError, match="invalid config.json"):
+    (seed_folder / "manifest.json").unlink()
+    with pytest.raises(CorruptCacheError, match="manifest.json is missing"):
         load_seed_model(seed_folder)
     with pytest.raises(CorruptCacheError):
         load_seed_family("tiny", cache_dir=family_copy[0])
 
 
-def test_weights_that_do_not_fit_the_config(family_copy):
-    _, folder = family_copy
-    cfg = json.loads((folder / "seed0" / "config.json").read_text())
-    cfg["d_mlp"] = cfg["d_mlp"] * 2
-    (folder / "seed0" / "config.json").write_text(json.dumps(cfg))
+def test_weights_that_do_not_fit_the_config(tmp_path, tiny_family):
+    from tl_universality.core.saving import save_folder
+    from tl_universality.data.seeds.files import PIECE_VERSION, SEED_MODEL, _json_safe_cfg
+
+    model = tiny_family.models[0]
+    cfg = _json_safe_cfg(model.cfg)
+    cfg["d_mlp"] = cfg["d_mlp"] * 2  # a consistent folder (checksums fine) that is wrong inside
+    with save_folder(tmp_path / "seed0", SEED_MODEL, PIECE_VERSION) as out:
+        out.write_tensors("model", model.state_dict())
+        out.write_json("config", cfg)
     with pytest.raises(CorruptCacheError, match="do not match"):
-        load_seed_model(folder / "seed0")
+        load_seed_model(tmp_path / "seed0")
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+SHORT = PRESETS["tiny"].replace(name="short", steps=12, warmup=2, seeds=(0, 1))
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_are_saved_and_loaded(tmp_path, count_training):
+    from transformer_lens import HookedTransformer
+
+    fam = train_seed_family(SHORT, cache_dir=tmp_path / "a", checkpoints=[0, 5, 12], **QUIET)
+    assert count_training == [0, 1] and fam.info["checkpoints"] == [0, 5, 12]
+    plain = train_seed_family(SHORT, cache_dir=tmp_path / "b", **QUIET)
+    # Saving checkpoints does not change the run: the final weights are bit for bit the same.
+    for m, p in zip(fam.models, plain.models, strict=True):
+        assert same_weights(weights(m), weights(p))
+    # Step 0 is the initialisation: the same as building the model from its config and seed.
+    start = load_seed_family(SHORT, cache_dir=tmp_path / "a", checkpoint=0)
+    assert start.step == 0 and start.tokens_seen == 0
+    for seed, model in zip(SHORT.seeds, start.models, strict=True):
+        torch.manual_seed(seed)
+        fresh = HookedTransformer(SHORT.model_config(seed, len(fam.tokenizer)))
+        assert same_weights(weights(model), weights(fresh))
+    # Step 5: between the two, with the held-out loss measured on the held-out set.
+    mid = load_seed_family(SHORT, cache_dir=tmp_path / "a", checkpoint=5)
+    assert mid.step == 5 and mid.tokens_seen == 5 * SHORT.batch_size * SHORT.n_ctx
+    held = fam.held_out_tokens().to_tensor()
+    for model, loss in zip(mid.models, mid.held_out_loss, strict=True):
+        assert loss == pytest.approx(seeds.mean_loss(model, held), abs=1e-6)
+    assert not same_weights(weights(mid.models[0]), weights(fam.models[0]))
+    assert not same_weights(weights(mid.models[0]), weights(start.models[0]))
+    assert start.held_out_loss[0] > mid.held_out_loss[0] > fam.held_out_loss[0]
+    final = load_seed_family(SHORT, cache_dir=tmp_path / "a", checkpoint=12)
+    assert same_weights(weights(final.models[1]), weights(fam.models[1]))
+
+
+def test_asking_for_new_checkpoints_retrains_only_then(tmp_path, count_training):
+    train_seed_family(SHORT, cache_dir=tmp_path, checkpoints=[4], **QUIET)
+    train_seed_family(SHORT, cache_dir=tmp_path, checkpoints=[4], **QUIET)
+    assert count_training == [0, 1]
+    with pytest.raises(FileNotFoundError, match=r"checkpoints=\[8\]"):
+        load_seed_family(SHORT, cache_dir=tmp_path, checkpoint=8)
+    fam = train_seed_family(SHORT, cache_dir=tmp_path, checkpoints=[8], **QUIET)
+    assert count_training == [0, 1, 0, 1]
+    assert fam.info["checkpoints"] == [4, 8, 12]  # the old checkpoint is kept (saved again)
+    load_seed_family(SHORT, cache_dir=tmp_path, checkpoint=4)
+    with pytest.raises(ValueError, match="Checkpoint steps"):
+        train_seed_family(SHORT, cache_dir=tmp_path, checkpoints=[13], **QUIET)
+    with pytest.raises(ValueError, match="Checkpoint steps"):
+        load_seed_family(SHORT, cache_dir=tmp_path, checkpoint=-1)
+
+
+def test_a_damaged_checkpoint_retrains_its_seed_alone(tmp_path, count_training):
+    train_seed_family(SHORT, cache_dir=tmp_path, checkpoints=[3, 6], **QUIET)
+    folder = family_folder(SHORT, cache_dir=tmp_path)
+    before = weights(load_seed_family(SHORT, cache_dir=tmp_path, checkpoint=6).models[1])
+    flip_byte(seeds.checkpoint_folder(folder, 3, 1) / "model.safetensors")
+    with pytest.raises(CorruptCacheError, match="step3/seed1/model.safetensors"):
+        load_seed_family(SHORT, cache_dir=tmp_path, checkpoint=3)
+    count_training.clear()
+    train_seed_family(SHORT, cache_dir=tmp_path, checkpoints=[3], **QUIET)
+    assert count_training == [1]
+    after = load_seed_family(SHORT, cache_dir=tmp_path, checkpoint=6)  # saved again, same run
+    assert same_weights(before, weights(after.models[1]))
+    load_seed_family(SHORT, cache_dir=tmp_path, checkpoint=3)
+
+
+def test_the_gpu_preset_trains_on_a_cpu_with_a_few_steps(tmp_path):
+    """The gpu preset's architecture and recipe, 2 steps of 2 sequences, on a few thousand token
+    ids of its vocabulary (the corpus with the standard library's source would take minutes to
+    tokenize, and its held-out loss minutes to measure, on a CPU)."""
+    gpu = PRESETS["gpu"]
+    assert 4 <= gpu.n_layers <= 6 and 256 <= gpu.d_model <= 512
+    assert gpu.steps * gpu.batch_size * gpu.n_ctx > 10_000_000  # tens of millions of tokens
+    config = gpu.replace(name="gpu-smoke", steps=2, warmup=1, batch_size=2, seeds=(0, 1))
+    toks = torch.randint(1, gpu.vocab_size, (12_000,), generator=torch.Generator().manual_seed(0))
+    fam = train_seed_family(config, tokens=toks, cache_dir=tmp_path, checkpoints=[1], **QUIET)
+    assert [m.cfg.n_layers for m in fam.models] == [gpu.n_layers] * 2
+    assert fam.models[0].cfg.d_model == gpu.d_model and fam.info["checkpoints"] == [1, 2]
+    assert all(math.isfinite(x) for x in fam.held_out_loss)
 
 
 def test_custom_tokens(tmp_path, tiny_tokenizer, count_training):

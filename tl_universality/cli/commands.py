@@ -399,3 +399,44 @@ def cmd_remove_ln(args: argparse.Namespace) -> int:
             f" saved to {out}"
         )
     return 0
+
+
+def cmd_training_curve(args: argparse.Namespace) -> int:
+    """Universality at each training checkpoint (docs/training_curve.md)."""
+    from tl_universality.analyses.training_curve import universality_over_training
+    from tl_universality.data import seeds
+
+    steps = [int(x) for x in args.checkpoints.split(",")] if args.checkpoints else None
+    if args.family:  # an offline family: train it (once) with these checkpoints
+        check_family(args.family)
+        spec: Any = seeds.train_seed_family(
+            args.family, checkpoints=steps, progress=not args.quiet, device=args.device
+        )
+    elif len(args.models) == 1 and Path(args.models[0]).is_dir():
+        spec = seeds.load_family_folder(args.models[0], device=args.device)
+    elif len(args.models) >= 2 and steps:
+        spec = args.models  # hub models with checkpoints (needs the internet)
+    else:
+        raise UsageError(
+            "argument MODELS: training-curve needs --family PRESET, a seed-family folder, or two"
+            " or more model names with --checkpoints. Fix: e.g. stanford-gpt2-small-a"
+            " stanford-gpt2-small-b --checkpoints 0,1000,400000, or --family tiny."
+        )
+    tokens = None if args.tokens in (None, "held-out") else args.tokens
+    curve = universality_over_training(
+        spec, steps if steps and not args.family else "all", tokens,
+        checkpoint_kind=args.checkpoint_kind, threshold=args.threshold, n_draws=args.n_draws,
+        batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device,
+        progress=not args.quiet,
+    )  # fmt: skip
+    out = _out(args)
+    curve.save(out / "training_curve")
+    curve.plot().savefig(out / "training_curve.png", dpi=120)
+    columns = ["step", "tokens_seen", "loss", "layer", "universal_share", "median_max_corr",
+               "median_baseline", "excess_p99", "excess_max", "participation_ratio"]  # fmt: skip
+    print(curve.to_dataframe()[columns].to_string(index=False, float_format="{:.3f}".format))
+    print(f"saved training_curve/ and training_curve.png in {out}")
+    settings = _settings(args, [], [], None, checkpoints=steps, threshold=args.threshold)
+    settings.write(out)
+    _maybe_wandb(args, settings, {"training_curve": curve})
+    return 0

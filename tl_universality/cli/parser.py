@@ -215,6 +215,16 @@ def _remove_ln(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="sequences per step (default: 16)")
 
 
+def _training_curve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="*", help="a seed-family folder, or hub model names")
+    _family(p)
+    p.add_argument("--checkpoints", default=None, help="comma-separated steps (or indices)")
+    p.add_argument("--checkpoint-kind", default="value", choices=["value", "index"])
+    p.add_argument("--threshold", type=float, default=0.5, help="excess_corr for universal")
+    p.add_argument("--n-draws", type=int, default=2, help="baseline draws per checkpoint")
+    _common(p)
+
+
 def _report(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="a results folder (the --out of the other commands)")
     p.add_argument(
@@ -245,6 +255,7 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
     ("trace", "trace head-to-head communication (sparse attention decomp.)", _trace),
     ("flow", "the VISIT flow graph of one prompt (HTML, PNG, tables)", _flow),
     ("remove-ln", "remove every LayerNorm by fine-tuning (LN-free models)", _remove_ln),
+    ("training-curve", "universality at each training checkpoint", _training_curve),
     ("report", "write the browsable HTML report of a results folder", _report),
     ("demo", "run the whole study offline on the embedded seed family", _demo),
 ]

@@ -344,7 +344,8 @@ def stream_activations(
         device: where the yielded activations live (default: the first model's device).
         dtype: dtype of the yielded activations (default: each model's own, so a float64 model's
             activations reach the statistics in float64; ``torch.float32`` rounds them).
-        exclude_token_ids: token ids whose positions are dropped; default BOS and padding.
+        exclude_token_ids: token ids whose positions are dropped; default BOS, padding and the
+            newline token, as in the paper (:func:`excluded_token_ids`).
         start_sequence: skip this many sequences first without running the models (resuming).
         check_finite: raise :class:`NonFiniteActivationError` on NaN/inf activations.
         progress: show a tqdm bar.
@@ -426,11 +427,41 @@ def is_per_model(units: Any, n_models: int) -> bool:
     )
 
 
+def newline_token_id(tokenizer: Any) -> int | None:
+    """The id of the token that is exactly ``"\\n"`` (GPT-2's 198), or None if there is none.
+
+    Examples:
+        >>> newline_token_id(None) is None
+        True
+    """
+    if tokenizer is None or not hasattr(tokenizer, "encode"):
+        return None
+    try:
+        ids = tokenizer.encode("\n", add_special_tokens=False)
+    except Exception:  # a tokenizer that cannot encode a newline has no newline token
+        return None
+    return int(ids[0]) if len(ids) == 1 else None
+
+
 def excluded_token_ids(
     source: Any, tokenizer: Any = None, explicit: Iterable[int] | None = None
 ) -> set[int]:
     """Token ids whose positions every statistic leaves out: ``explicit`` when given, else the
-    source's BOS plus the tokenizer's BOS and padding ids (the paper excludes BOS/padding)."""
+    paper's convention: the source's BOS, the tokenizer's BOS and padding ids, and the
+    tokenizer's newline token (the paper's final correlation code excludes it: in small models
+    some neurons put most of their variance on newlines, which would dominate their correlation).
+
+    Examples:
+        >>> from tl_universality.data.corpus import load_default_tokenizer
+        >>> from tl_universality.data.tokens import TensorTokenSource
+        >>> import torch
+        >>> tok = load_default_tokenizer(512)
+        >>> source = TensorTokenSource(torch.zeros(1, 4, dtype=torch.long), 0)
+        >>> sorted(excluded_token_ids(source, tok)) == sorted({0, newline_token_id(tok)})
+        True
+        >>> excluded_token_ids(source, tok, explicit=[0])  # BOS only, the older convention
+        {0}
+    """
     if explicit is not None:
         return {int(t) for t in explicit}
     ids = {int(source.bos_token_id)}
@@ -438,6 +469,9 @@ def excluded_token_ids(
         value = getattr(tokenizer, attr, None) if tokenizer is not None else None
         if value is not None:
             ids.add(int(value))
+    newline = newline_token_id(tokenizer)
+    if newline is not None:
+        ids.add(newline)
     return ids
 
 

@@ -61,6 +61,7 @@ from tl_universality.stats.cross_moments import (
 )
 from tl_universality.units.activations import (
     UnitsSpec,
+    excluded_token_ids,
     model_device,
     stream_activations,
     unit_index,
@@ -124,7 +125,8 @@ def correlate(
         device: Where the statistics are accumulated (default: the reference model's device).
         product_dtype: Precision of the per-batch product (float32 default; see
             :data:`~tl_universality.stats.cross_moments.ProductDtype`).
-        exclude_token_ids: Token ids whose positions are left out (default BOS and padding).
+        exclude_token_ids: Token ids whose positions are left out (default BOS, padding and the
+            newline token, as in the paper); the ids used are recorded in ``config``.
         seq_len: Sequence length for text sources (default: min(512, smallest n_ctx)).
         max_tokens: Stop after this many tokens.
         bos_token_id: The BOS id of a token tensor when the models have no tokenizer.
@@ -216,6 +218,10 @@ def correlate(
         "seq_len": source.seq_len,
         "n_passes": plan.n_passes,
         "model_weights": weights,
+        # The positions left out, as resolved (default: the paper's BOS, padding and newline).
+        "exclude_token_ids": sorted(
+            excluded_token_ids(source, getattr(model, "tokenizer", None), cfg.exclude_token_ids)
+        ),
         "version": FORMAT_VERSION,
     }
     exclude = list(cfg.exclude_token_ids) if cfg.exclude_token_ids is not None else None

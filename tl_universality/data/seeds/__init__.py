@@ -9,6 +9,9 @@ from tl_universality.data.seeds.config import (
     SeedFamilyConfig,
 )
 from tl_universality.data.seeds.family import (
+    available_checkpoints,
+    check_steps,
+    checkpoint_folder,
     family_folder,
     load_family_folder,
     load_seed_family,
@@ -16,9 +19,10 @@ from tl_universality.data.seeds.family import (
 )
 from tl_universality.data.seeds.files import (
     load_seed_model,
-    load_tensor,
     load_tokenizer,
+    load_tokens,
     read_json,
+    read_train_record,
     save_seed_model,
 )
 from tl_universality.data.seeds.training import (
@@ -33,15 +37,19 @@ __all__ = [
     "PRESETS",
     "SeedFamily",
     "SeedFamilyConfig",
+    "available_checkpoints",
     "batch_order",
+    "check_steps",
+    "checkpoint_folder",
     "family_folder",
     "load_family_folder",
     "load_seed_family",
     "load_seed_model",
-    "load_tensor",
     "load_tokenizer",
+    "load_tokens",
     "mean_loss",
     "read_json",
+    "read_train_record",
     "save_seed_model",
     "lr_lambda",
     "train_one",

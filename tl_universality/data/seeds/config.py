@@ -9,14 +9,14 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from tl_universality.data.seeds.files import load_tensor
+from tl_universality.data.seeds.files import load_tokens
 from tl_universality.data.tokens import (
     DefaultCorpusSource,
     TensorTokenSource,
     TokenSource,
 )
 
-FORMAT = 1  # bump when the training recipe or the folder layout changes
+FORMAT = 2  # bump when the training recipe or the folder layout changes (2: verified pieces)
 _SUPPORTED_ACT_FNS = ("relu", "gelu", "gelu_new", "gelu_fast", "silu", "solu_ln")
 
 
@@ -172,7 +172,9 @@ class SeedFamilyConfig:
 
 
 #: Named settings. ``tiny`` is for tests (seconds); ``demo`` shows the phenomenon (see
-#: docs/seed_family.md for how it was chosen and what it measures).
+#: docs/seed_family.md for how it was chosen and what it measures); ``gpu`` is sized for a
+#: GPU (4 layers, d_model 256, the corpus with the standard library's source, 65M training
+#: tokens per seed: a few minutes per seed on an H100-class card, days on a CPU).
 PRESETS: dict[str, SeedFamilyConfig] = {
     "tiny": SeedFamilyConfig(
         name="tiny",
@@ -204,6 +206,22 @@ PRESETS: dict[str, SeedFamilyConfig] = {
         warmup=30,
         seeds=(0, 1, 2),
     ),
+    "gpu": SeedFamilyConfig(
+        name="gpu",
+        n_layers=4,
+        d_model=256,
+        n_heads=8,
+        d_head=32,
+        d_mlp=1024,
+        n_ctx=256,
+        vocab_size=8192,
+        steps=4000,
+        batch_size=64,
+        lr=2e-3,
+        warmup=200,
+        seeds=(0, 1, 2),
+        include_source=True,
+    ),
 }
 
 
@@ -220,6 +238,8 @@ class SeedFamily:
         train_seconds: Wall-clock training time per seed (0 for nothing, as measured when trained).
         folder: The cache folder.
         info: The contents of ``family.json`` (corpus and token counts, versions, ...).
+        step: The training step of these weights: ``config.steps`` for the final models, or the
+            checkpoint asked for with ``load_seed_family(..., checkpoint=step)``.
     """
 
     models: list[Any]
@@ -229,12 +249,22 @@ class SeedFamily:
     train_seconds: list[float]
     folder: Path
     info: dict[str, Any] = field(default_factory=dict)
+    step: int | None = None
     _train_source: TokenSource | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.step is None:
+            self.step = self.config.steps
+
+    @property
+    def tokens_seen(self) -> int:
+        """Training tokens each model had seen at :attr:`step`."""
+        return int(self.step or 0) * self.config.batch_size * self.config.n_ctx
 
     def held_out_tokens(self) -> TokenSource:
         """The held-out sequences (the ones the losses were measured on)."""
         return TensorTokenSource(
-            load_tensor(self.folder / "held_out_tokens.safetensors", "tokens"),
+            load_tokens(self.folder / "held_out"),
             self.tokenizer.bos_token_id,
             name=f"held-out tokens of seed family {self.folder.name}",
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -80,8 +80,15 @@ def train_one(
     *,
     progress: bool,
     device: str,
+    checkpoints: Collection[int] = (),
+    on_checkpoint: Callable[[int, Any], None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train the model of one seed; returns it and its train.json record."""
+    """Train the model of one seed; returns it and its train.json record.
+
+    ``on_checkpoint(step, model)`` is called after ``step`` optimiser steps for every step in
+    ``checkpoints`` below ``config.steps`` (0 = the initialisation); it must not change the model.
+    Nothing in it draws random numbers, so the run is the same with or without checkpoints.
+    """
     from tqdm.auto import tqdm
     from transformer_lens import HookedTransformer
 
@@ -105,7 +112,10 @@ def train_one(
     start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(order, desc=f"seed {seed}", disable=not progress, leave=False)
     loss_value = float("nan")
-    for step_indices in bar:
+    wanted = {int(c) for c in checkpoints if 0 <= int(c) < config.steps}
+    if on_checkpoint is not None and 0 in wanted:
+        on_checkpoint(0, model)
+    for step, step_indices in enumerate(bar, start=1):
         batch = train[step_indices].to(device)
         loss = model(batch, return_type="loss")
         optimizer.zero_grad(set_to_none=True)
@@ -115,6 +125,8 @@ def train_one(
         schedule.step()
         loss_value = float(loss.detach())
         bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+        if on_checkpoint is not None and step in wanted:
+            on_checkpoint(step, model)
     seconds = time.perf_counter() - start
     # CPU time too: on a shared machine wall-clock time depends on what else is running.
     cpu_seconds = time.process_time() - cpu_start
