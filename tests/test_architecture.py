@@ -310,3 +310,18 @@ def test_old_import_path_reexports_the_new_module(name):
             assert getattr(shim, alias.asname or alias.name) is getattr(new, alias.name)
             exported.add(alias.asname or alias.name)
     assert set(shim.__all__) == exported
+
+
+# --- The docs show the tree -------------------------------------------------------------------
+
+
+def test_readme_and_architecture_page_name_every_stage_folder():
+    docs = ROOT.parent
+    folders = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").exists())
+    readme = (docs / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    page = (docs / "docs" / "architecture.md").read_text()
+    assert set(folders) - {"cli"} <= set(LEVELS), "a new stage folder: add it to LEVELS"
+    for folder in folders:
+        assert f"`{folder}/`" in layout, f"README.md's layout table lacks {folder}/"
+        assert f"{folder}/" in page, f"docs/architecture.md lacks {folder}/"

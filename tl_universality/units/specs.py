@@ -213,6 +213,7 @@ def is_per_model(units: Any, n_models: int) -> bool:
 
 
 def check_count(units: PerModel, n_models: int, argument: str = "units") -> None:
+    """Raise :class:`InvalidArgumentError` unless ``units`` holds ``n_models`` specs."""
     if len(units) != n_models:
         raise InvalidArgumentError(
             f"{argument}={units!r} has {len(units)} spec{'s' * (len(units) != 1)} for"
