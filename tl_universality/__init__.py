@@ -18,7 +18,7 @@ import sys
 import warnings
 from typing import Any
 
-__version__ = "0.1.0"
+from tl_universality.core.version import __version__ as __version__
 
 # Public name -> the module defining it (imported on first access).
 _EXPORTS: dict[str, str] = {

@@ -22,6 +22,7 @@ from tl_universality.analyses.sae import (
     sae_unit_stats,
     train_sae,
 )
+from tl_universality.units import PerModel
 from tl_universality.units.activations import collect_activations
 
 sae_lens = pytest.importorskip("sae_lens")
@@ -63,7 +64,7 @@ def test_latent_correlations_match_numpy_on_collected_latents():
     result = latent_universality(models, saes, toks, bos_token_id=BOS, n_draws=1, **EXACT)
 
     lat_a, lat_b = collect_activations(
-        models, toks, units=[[SAEUnits(s)] for s in saes], bos_token_id=BOS, progress=False
+        models, toks, units=PerModel([SAEUnits(s) for s in saes]), bos_token_id=BOS, progress=False
     )
     oracle = corrcoef(lat_a, lat_b)
     assert result.units.widths == (48,) and result.n_tokens == lat_a.shape[0]
@@ -109,7 +110,11 @@ def test_neuron_latent_correlation_matches_numpy_both_ways():
     toks = tokens()
     nl = neuron_latent_correlation(model, sae, toks, bos_token_id=BOS, n_draws=1, top_k=3, **EXACT)
     latents, neurons = collect_activations(
-        [model, model], toks, units=[[SAEUnits(sae)], None], bos_token_id=BOS, progress=False
+        [model, model],
+        toks,
+        units=PerModel([SAEUnits(sae), None]),
+        bos_token_id=BOS,
+        progress=False,
     )
     oracle = corrcoef(latents, neurons)  # [latents, neurons of both layers]
     np.testing.assert_allclose(nl.by_latent.matrix(0).numpy(), oracle, atol=1e-6, equal_nan=True)

@@ -9,6 +9,7 @@ import torch
 from tests.helpers import build_model, build_sae, random_tokens
 from tl_universality.analyses.sae import SAEUnits, attached_sae_units
 from tl_universality.core.errors import HookError
+from tl_universality.units import PerModel
 from tl_universality.units.activations import collect_activations, unit_index
 
 sae_lens = pytest.importorskip("sae_lens")
@@ -39,7 +40,11 @@ def test_identity_sae_latents_are_relu_of_the_units():
     hook = "blocks.1.mlp.hook_pre"
     sae = identity_sae(64, hook)
     latents, pre = collect_activations(
-        [model, model], tokens(), units=[[SAEUnits(sae)], [hook]], bos_token_id=BOS, progress=False
+        [model, model],
+        tokens(),
+        units=PerModel([SAEUnits(sae), [hook]]),
+        bos_token_id=BOS,
+        progress=False,
     )
     np.testing.assert_allclose(latents.numpy(), np.maximum(pre.numpy(), 0), atol=1e-6)
 

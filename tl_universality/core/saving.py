@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_universality.core.errors import CorruptCacheError
+from tl_universality.core.version import __version__
 
 MANIFEST = "manifest.json"
 _PARTIAL = ".partial-"
@@ -256,8 +257,6 @@ class FolderWriter:
             path = self.root / name
             entry["bytes"] = path.stat().st_size
             entry["sha256"] = file_sha256(path)
-        from tl_universality import __version__
-
         body = {
             "format": fmt,
             "version": int(version),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,35 +32,15 @@ from tl_universality.core.protocol import (
 )
 from tl_universality.core.validate import check_device, check_int
 from tl_universality.data.tokens.resolve import Tokens
-
-
-@runtime_checkable
-class UnitTransform(Protocol):
-    """Units computed from a hook's activation rather than read off it, e.g. SAE latents.
-
-    :class:`tl_universality.analyses.sae.SAEUnits` is the implementation for sae-lens SAEs.
-    """
-
-    hook_name: str  # where the input is read
-    label: str  # the unit set's name (used like a hook name in a UnitIndex)
-    width: int  # units per position
-    splice: bool  # replace the hook's output with :meth:`replacement` (changes the model)
-
-    def __call__(self, act: Tensor) -> Tensor:
-        """``[batch, pos, ...] -> [batch, pos, width]``; raises HookError on a shape mismatch."""
-        ...
-
-    def replacement(self, act: Tensor, units: Tensor) -> Tensor:
-        """What the hook outputs when spliced (e.g. the SAE reconstruction)."""
-        ...
-
-
-UnitsSpec = str | UnitTransform | Sequence[str | UnitTransform] | None
-"""Which units to read: ``None`` (every layer's ``mlp.hook_post``), a per-layer suffix such as
-``"mlp.hook_pre"`` or ``"hook_resid_post"`` (expanded to ``blocks.{l}.<suffix>``), one full hook
-name, a :class:`UnitTransform` (e.g. an SAE's latents), or a list of hook names and transforms.
-The unit axis is the hook's last dimension; any dimensions between position and the last are
-flattened into it (e.g. ``attn.hook_z`` gives heads × d_head)."""
+from tl_universality.units.specs import (
+    PerModel,
+    UnitsSpec,
+    UnitTransform,
+    as_transform,
+    check_spec,
+    per_model,
+)
+from tl_universality.units.specs import is_per_model as is_per_model  # its home before specs.py
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
@@ -152,12 +132,12 @@ class _Tap:
 
 
 def _taps(model: HookedModel, units: UnitsSpec) -> list[_Tap]:
-    if isinstance(units, UnitTransform):
-        units = [units]
+    check_spec(units)
     if units is None or isinstance(units, str):
         return [_Tap(n, n) for n in _hook_names(model, units)]
     taps = []
-    for unit in units:
+    for unit in units if isinstance(units, (list, tuple)) else [units]:
+        unit = as_transform(unit)  # a raw sae-lens SAE reads its own hook
         if isinstance(unit, UnitTransform):
             check_hooks_exist(model, [unit.hook_name])
             taps.append(_Tap(unit.label, unit.hook_name, unit))
@@ -321,7 +301,7 @@ def stream_activations(
     models: HookedModel | Sequence[HookedModel],
     tokens: Tokens,
     *,
-    units: UnitsSpec | Sequence[UnitsSpec] = None,
+    units: UnitsSpec | PerModel = None,
     batch_size: int = 32,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
@@ -339,7 +319,9 @@ def stream_activations(
         models: one model or a list; all must share a tokenizer (checked first).
         tokens: see :data:`~tl_universality.data.tokens.Tokens` (resolved once by
             :func:`~tl_universality.data.tokens.resolve_tokens`; a ``TokenSource`` passes through).
-        units: a :data:`UnitsSpec` for all models, or a list with one spec per model.
+        units: a :data:`~tl_universality.units.specs.UnitsSpec` for every model, or
+            :class:`~tl_universality.units.specs.PerModel` ``([spec0, spec1, ...])`` for one spec
+            per model.
         batch_size: sequences per forward pass.
         device: where the yielded activations live (default: the first model's device).
         dtype: dtype of the yielded activations (default: each model's own, so a float64 model's
@@ -379,7 +361,7 @@ def stream_activations(
             " dtype=torch.float32 or dtype=torch.float64."
         )
     check_same_tokenizer(models)
-    specs = list(units) if is_per_model(units, len(models)) else [units] * len(models)
+    specs = per_model(units, len(models))
     resolved = [_resolve(m, spec) for m, spec in zip(models, specs, strict=True)]
     stops = [
         _stop_at_layer(m, [t.hook_name for t in taps])
@@ -415,16 +397,6 @@ def stream_activations(
             bar.update(batch.numel())
     finally:
         bar.close()
-
-
-def is_per_model(units: Any, n_models: int) -> bool:
-    """A list with one spec per model (each a list of hook names, a suffix string or None)."""
-    return (
-        isinstance(units, (list, tuple))
-        and len(units) == n_models
-        and n_models > 1
-        and any(u is None or isinstance(u, (list, tuple)) for u in units)
-    )
 
 
 def newline_token_id(tokenizer: Any) -> int | None:

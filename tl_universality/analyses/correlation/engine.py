@@ -66,6 +66,7 @@ from tl_universality.units.activations import (
     stream_activations,
     unit_index,
 )
+from tl_universality.units.specs import PerModel
 
 
 def correlate(
@@ -272,7 +273,7 @@ def correlate(
         batches = stream_activations(
             models,
             source,
-            units=units,
+            units=PerModel(specs),  # resolved once above
             batch_size=cfg.batch_size,
             device=dev,
             exclude_token_ids=exclude,

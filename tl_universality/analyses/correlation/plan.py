@@ -29,10 +29,10 @@ from tl_universality.stats.cross_moments import (
 from tl_universality.units.activations import (
     UnitIndex,
     UnitsSpec,
-    is_per_model,
     model_device,
     unit_index,
 )
+from tl_universality.units.specs import per_model
 
 logger = logging.getLogger(__name__)
 
@@ -406,7 +406,8 @@ def resolve_matrix_dtype(keep_matrix: bool | str | torch.dtype | None) -> torch.
 
 
 def per_model_units(units: Any, k: int) -> list[Any]:
-    return list(units) if is_per_model(units, k) else [units] * k
+    """One unit spec per model (``PerModel`` unpacked, a plain spec repeated)."""
+    return per_model(units, k)
 
 
 def default_seq_len(models: Sequence[HookedModel]) -> int:

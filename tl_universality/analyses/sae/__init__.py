@@ -15,7 +15,7 @@ from tl_universality.analyses.sae.training import (
     train_family_saes,
     train_sae,
 )
-from tl_universality.analyses.sae.units import (
+from tl_universality.units.sae import (
     SAEUnits,
     attached_sae_units,
 )

@@ -15,9 +15,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_universality.analyses.sae.units import SAEUnits
 from tl_universality.core.protocol import HookedModel
 from tl_universality.data.tokens.resolve import Tokens
+from tl_universality.units.sae import SAEUnits
+from tl_universality.units.specs import PerModel
 
 # -- analyses that only make sense with SAEs -----------------------------------------------------
 
@@ -86,7 +87,7 @@ def latent_universality(
             f"latent_universality needs at least two models and one SAE per model; got"
             f" {len(models)} models and {len(saes)} SAEs."
         )
-    units = [[_as_units(sae)] for sae in saes]
+    units = PerModel([_as_units(sae) for sae in saes])
     return correlate(models[0], models[1:], tokens, units=units, **correlate_kwargs)
 
 
@@ -188,7 +189,7 @@ def neuron_latent_correlation(
         model,
         [model],
         tokens,
-        units=[[_as_units(sae)], neurons],
+        units=PerModel([_as_units(sae), neurons]),
         all_pairs=True,
         names=names,
         **correlate_kwargs,

@@ -1,4 +1,11 @@
-"""SAE latents as units: an SAE's encoder applied at its hook point."""
+"""SAE latents as units: an SAE's encoder applied at its hook point (docs/concepts.md, "SAE latents
+as units").
+
+:class:`SAEUnits` wraps a sae-lens SAE as a :class:`~tl_universality.units.specs.UnitTransform`;
+every ``units=`` argument also takes the raw SAE and wraps it the same way
+(:func:`~tl_universality.units.specs.as_transform`). Only the SAE's ``cfg.d_in``, ``cfg.d_sae``,
+``encode`` and ``decode`` are used, so sae-lens itself is never imported here.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +16,30 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_universality.core.errors import HookError
+from tl_universality.core.errors import HookError, InvalidArgumentError
 
 
-def _sae_hook_name(sae: Any) -> str | None:
+def sae_hook_name(sae: Any) -> str | None:
     metadata = getattr(sae.cfg, "metadata", None)
     name = getattr(metadata, "hook_name", None) if metadata is not None else None
     return name or getattr(sae.cfg, "hook_name", None)
+
+
+def is_raw_sae(obj: Any) -> bool:
+    """Whether ``obj`` looks like a sae-lens SAE: ``encode``/``decode`` and ``cfg.d_sae``.
+
+    Examples:
+        >>> from sae_lens import StandardSAE, StandardSAEConfig
+        >>> is_raw_sae(StandardSAE(StandardSAEConfig(d_in=4, d_sae=8))), is_raw_sae("hook_z")
+        (True, False)
+    """
+    cfg = getattr(obj, "cfg", None)
+    return (
+        callable(getattr(obj, "encode", None))
+        and callable(getattr(obj, "decode", None))
+        and hasattr(cfg, "d_sae")
+        and hasattr(cfg, "d_in")
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,7 +59,13 @@ class SAEUnits:
     splice: bool = False
 
     def __post_init__(self) -> None:
-        name = self.hook_name or _sae_hook_name(self.sae)
+        if not is_raw_sae(self.sae):
+            raise InvalidArgumentError(
+                f"SAEUnits(sae={type(self.sae).__name__} object): not a sae-lens SAE (it needs"
+                " encode, decode, cfg.d_in and cfg.d_sae). Fix: pass an SAE, e.g."
+                " sae_lens.SAE.from_pretrained(...)."
+            )
+        name = self.hook_name or sae_hook_name(self.sae)
         if not name:
             raise ValueError(
                 "This SAE does not say which hook it reads (sae.cfg.metadata.hook_name is empty)."
