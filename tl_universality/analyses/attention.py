@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from tl_universality.core.errors import NoUnitsError
 from tl_universality.core.names import head_name, neuron_name
-from tl_universality.core.protocol import HookedModel, mlp_hook_names, model_name
+from tl_universality.core.protocol import HookedModel, attn_scale, mlp_hook_names, model_name
 from tl_universality.core.result import Result, new_axes
 from tl_universality.core.saving import FolderWriter, SavedFolder
 from tl_universality.data.tokens.resolve import Tokens
@@ -67,18 +67,6 @@ def _bos_id(model: HookedModel, bos_token_id: int | None) -> int:
             " Pass bos_token_id=..."
         )
     return int(bos)
-
-
-def _attn_scale(model: HookedModel, layer: int) -> float:
-    """The number the head's attention logits are divided by (``sqrt(d_head)`` by default)."""
-    try:
-        return float(model.blocks[layer].attn.attn_scale)  # type: ignore[attr-defined]
-    except (AttributeError, IndexError, TypeError):
-        cfg = model.cfg
-        scale = float(cfg.attn_scale) if getattr(cfg, "use_attn_scale", True) else 1.0
-        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
-            scale *= layer + 1
-        return scale
 
 
 def _query_norm(model: HookedModel, layer: int) -> tuple[Tensor | None, bool]:
@@ -147,7 +135,7 @@ def bos_query_directions(
             g = g * weight
         if centres:
             g = g - g.mean(-1, keepdim=True)
-        directions[layer] = g / _attn_scale(model, layer)
+        directions[layer] = g / attn_scale(model, layer)
     return directions
 
 

@@ -35,7 +35,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_universality.core.names import head_name
-from tl_universality.core.protocol import HookedModel, model_name
+from tl_universality.core.protocol import HookedModel, attn_scale, model_name
 
 SUPPORTED_POSITIONAL = ("standard",)
 """Positional embedding types for which the score is a bilinear form of the residual alone."""
@@ -120,18 +120,6 @@ def check_head(model: HookedModel, layer: int, head: int) -> tuple[int, int]:
     if (why := positional_support_error(model)) is not None:
         raise ValueError(why)
     return int(layer), int(head)
-
-
-def attn_scale(model: HookedModel, layer: int) -> float:
-    """What the model divides ``q · k`` by in ``layer`` (``sqrt(d_head)`` by default)."""
-    try:
-        return float(model.blocks[layer].attn.attn_scale)  # type: ignore[attr-defined]
-    except (AttributeError, IndexError, TypeError):
-        cfg = model.cfg
-        scale = float(cfg.attn_scale) if getattr(cfg, "use_attn_scale", True) else 1.0
-        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
-            scale *= layer + 1
-        return scale
 
 
 def norm_kind(model: HookedModel) -> str | None:

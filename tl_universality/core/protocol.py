@@ -140,3 +140,15 @@ def check_same_tokenizer(models: Sequence[HookedModel]) -> None:
                 " use seed models that share one tokenizer, e.g. load them all with the same"
                 " `tokenizer=` or from the same family."
             )
+
+
+def attn_scale(model: HookedModel, layer: int) -> float:
+    """What the model divides ``q · k`` by in ``layer`` (``sqrt(d_head)`` by default)."""
+    try:
+        return float(model.blocks[layer].attn.attn_scale)  # type: ignore[attr-defined]
+    except (AttributeError, IndexError, TypeError):
+        cfg = model.cfg
+        scale = float(cfg.attn_scale) if getattr(cfg, "use_attn_scale", True) else 1.0
+        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
+            scale *= layer + 1
+        return scale
