@@ -150,7 +150,10 @@ def cmd_train_seeds(args: argparse.Namespace) -> int:
 
 def cmd_correlate(args: argparse.Namespace) -> int:
     from tl_universality.analyses.correlation import correlate
+    from tl_universality.analyses.correlation.distributed import init_from_env
     from tl_universality.analyses.correlation.plan import parse_bytes
+
+    shard = init_from_env()  # under torchrun: one rank per process, rank 0 writes the outputs
 
     try:
         budget = parse_bytes(args.memory_budget)
@@ -172,6 +175,8 @@ def cmd_correlate(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens, device=args.device, memory_budget=budget,
         checkpoint_dir=args.checkpoint_dir, progress=not args.quiet,
     )  # fmt: skip
+    if shard.rank != 0:
+        return 0  # every rank holds the same result
     result.config["model_fingerprints"] = prints  # stats checks joins against the first
     out = _out(args) / report.CORRELATION_DIR
     result.save(out)

@@ -15,6 +15,10 @@ as one pass. :func:`plan_correlation` shows the plan without running anything.
 Checkpoints. With ``checkpoint_dir`` the statistics are written atomically every
 ``checkpoint_every`` tokens and after every pass; calling :func:`correlate` again with the same
 arguments continues from the last checkpoint and gives the same result as an uninterrupted run.
+
+Distributed. Under ``torchrun`` (an initialised ``torch.distributed`` group) each rank reads a
+disjoint shard of the batches and the statistics merge exactly before they are reduced, so every
+rank returns the single-process result (:mod:`~tl_universality.analyses.correlation.distributed`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ from typing import Any
 import torch
 
 from tl_universality.analyses.correlation.config import CorrelationConfig
+from tl_universality.analyses.correlation.distributed import (
+    ShardedSource,
+    current_shard,
+    merge_across_ranks,
+    rank_folder,
+)
 from tl_universality.analyses.correlation.fingerprint import batch_digest, weights_digest
 from tl_universality.analyses.correlation.plan import (
     FORMAT_VERSION,
@@ -180,6 +190,12 @@ def correlate(
     # continues the same stream.
     stream = resolve_tokens(tokens, models, seq_len=cfg.seq_len, bos_token_id=bos_token_id)
     source = stream.limit(cfg.max_tokens) if cfg.max_tokens is not None else stream
+    # Under torch.distributed this rank reads batches k with k % world_size == rank (and keeps
+    # its checkpoint in checkpoint_dir/rank{r}); the statistics merge before each reduction.
+    shard = current_shard()
+    folder = rank_folder(folder, shard)
+    if shard.distributed:
+        source = ShardedSource(source, cfg.batch_size, shard)
     n_draws_used = cfg.n_draws if cfg.baseline else 0
     plan = make_plan(
         indices,
@@ -215,7 +231,7 @@ def correlate(
     config_out = {
         **cfg.to_dict(),
         "names": labels,
-        "tokens": source.name,
+        "tokens": source.inner.name if isinstance(source, ShardedSource) else source.name,
         "seq_len": source.seq_len,
         "n_passes": plan.n_passes,
         "model_weights": weights,
@@ -225,6 +241,8 @@ def correlate(
         ),
         "version": FORMAT_VERSION,
     }
+    if shard.distributed:
+        config_out["world_size"] = shard.world_size
     exclude = list(cfg.exclude_token_ids) if cfg.exclude_token_ids is not None else None
 
     digests: list[str] = []  # of every batch of the stream read so far, in order
@@ -315,6 +333,8 @@ def correlate(
             # The statistics at the end of the stream: a later run with a larger max_tokens
             # continues from here and reads only the new tokens.
             checkpoint(stream_end=True)
+        if shard.distributed:
+            merge_across_ranks(run.stats)
         run.finish_pass()
         run.next_pass += 1
         run.sequences = 0

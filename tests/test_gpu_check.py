@@ -1,0 +1,36 @@
+"""benchmarks/gpu_check.py runs on the CPU with --cpu-smoke and writes its JSON and markdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    script = str(ROOT / "benchmarks" / "gpu_check.py")
+    cmd = [sys.executable, script, *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cpu_smoke_writes_json_and_markdown(tmp_path: Path) -> None:
+    done = run(str(tmp_path), "--cpu-smoke")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["accuracy"]["float32"] < 1e-6
+    assert "| check | value |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_without_cuda_one_clear_line(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        return
+    done = run(str(tmp_path))
+    assert done.returncode == 1 and done.stdout.strip().count("\n") == 0
+    assert "no CUDA device" in done.stdout
