@@ -10,7 +10,7 @@ cuts it; batch ``k`` goes to rank ``k % world_size``. Shards are disjoint, cover
 depend only on ``(batch_size, world_size)``.
 
 Merge. The float64 co-moments of the ranks are first re-expressed about the global mean (exact
-algebra, :meth:`CrossMoments._shift_to`); about a common shift the sums are additive, so one
+algebra, :meth:`CrossMoments.reduce_across`); about a common shift the sums are additive, so one
 float64 all-reduce per accumulator gives the pairwise merge of Chan et al. over all ranks
 (extremes with MIN/MAX). Every rank ends with the same statistics.
 
@@ -138,26 +138,7 @@ def merge_across_ranks(stats: Sequence[CrossMoments]) -> None:
     """
     dist = torch.distributed
     for s in stats:
-        n = _all_reduce(torch.tensor([s.n], dtype=torch.int64, device=s.device), "sum")
-        total = int(n.item())
-        if total == 0:
-            continue
-        # The global mean of every unit: Σ_r (n_r·shift_r + sum_r) / N.
-        means = []
-        for side in (s._a, s._b):
-            weighted = side.shift * float(s.n) + side.sum
-            means.append(_all_reduce(weighted, "sum") / total)
-        s._shift_to(means[0], means[1])
-        for side in (s._a, s._b):
-            side.sum = _all_reduce(side.sum, "sum")
-            side.sumsq = _all_reduce(side.sumsq, "sum")
-            side.min = _all_reduce(side.min, "min")
-            side.max = _all_reduce(side.max, "max")
-            for i, (start, count, width, stacked) in enumerate(side.groups):
-                stacked.copy_(_all_reduce(stacked, "sum"))
-                side.groups[i] = (start, count, width, stacked)
-        s.sum_xy = _all_reduce(s.sum_xy, "sum")
-        s.n = total
+        s.reduce_across(_all_reduce)
     if stats:
         dist.barrier()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Bool, Float
@@ -274,6 +274,36 @@ class CrossMoments:
                 part = xc[tokens[k0:k1]].to(torch.float64).mul_(values[k0:k1, None])
                 self.sum_xy.index_add_(1, units[k0:k1], part.T)
         self._add_product(xc, yc, torch.float32)
+
+    def reduce_across(self, reduce: Callable[[Tensor, str], Tensor]) -> CrossMoments:
+        """Replace these statistics, in place, by the merge of those of every process.
+
+        ``reduce(tensor, op)`` returns ``tensor`` reduced over the processes with ``op`` in
+        ``"sum" | "min" | "max"`` (e.g. a ``torch.distributed.all_reduce``); every process calls
+        this with statistics of the same shapes. Each first moves its shift to the global mean
+        (exact algebra); about a common shift every accumulator is a plain sum over processes.
+        """
+        total = int(reduce(torch.tensor([self.n], dtype=torch.int64, device=self.device), "sum"))
+        if total == 0:
+            return self
+        means = [
+            reduce(side.shift * float(self.n) + side.sum, "sum") / total
+            for side in (self._a, self._b)
+        ]
+        if self.n:
+            self._shift_to(means[0], means[1])
+        else:  # nothing here: only the shift to take
+            self._a.shift, self._b.shift = means[0].clone(), means[1].clone()
+        for side in (self._a, self._b):
+            side.sum = reduce(side.sum, "sum")
+            side.sumsq = reduce(side.sumsq, "sum")
+            side.min = reduce(side.min, "min")
+            side.max = reduce(side.max, "max")
+            for *_, stacked in side.groups:
+                stacked.copy_(reduce(stacked, "sum"))
+        self.sum_xy = reduce(self.sum_xy, "sum")
+        self.n = total
+        return self
 
     def merge(self, other: CrossMoments) -> CrossMoments:
         """Statistics of the union of two disjoint token sets, as a new object.
