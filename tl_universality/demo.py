@@ -193,7 +193,6 @@ def run_demo(
     """
     from tl_universality.analyses.attention import attention_deactivation_scores
     from tl_universality.analyses.correlation import correlate
-    from tl_universality.analyses.correlation.fingerprint import weights_digest
     from tl_universality.analyses.entropy import entropy_neuron_scores
     from tl_universality.analyses.families import explain, families, family_counts
     from tl_universality.analyses.neuron_stats import (
@@ -215,7 +214,6 @@ def run_demo(
     summary.seconds["family"] = clock() - t
     _say(progress, describe_family(family))
     ref, *others = family.models
-    fingerprints = [weights_digest(m) for m in family.models]  # before processing ref's weights
     tokens = family.held_out_tokens()
     if max_tokens is not None:
         tokens = tokens.limit(max_tokens)
@@ -228,6 +226,7 @@ def run_demo(
     # 2. Universality: every neuron of seed 0 against every neuron of the others, one pass.
     t = clock()
     corr = correlate(ref, others, tokens, progress=progress, device=device)
+    fingerprints = corr.config["model_weights"]  # hashed before ref's weights are processed
     corr.save(out / files.CORRELATION_DIR)
     summary.seconds["correlate"] = clock() - t
     share = corr.universal_share()

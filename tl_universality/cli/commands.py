@@ -101,7 +101,7 @@ def _correlation(args: argparse.Namespace, reference_fingerprint: str) -> Any:
             print(f"no correlation result in {folder}: the table has no universality columns")
             return None
     result = CorrelationResult.load(folder)
-    recorded = (result.config.get("model_fingerprints") or [None])[0]
+    recorded = (result.config.get("model_weights") or [None])[0]
     if recorded is not None and recorded != reference_fingerprint:
         raise UsageError(
             f"argument --correlation: {str(folder)!r} was computed for another reference model"
@@ -169,7 +169,6 @@ def cmd_correlate(args: argparse.Namespace) -> int:
             " Fix: name two or more models, or pass --family tiny (or demo)."
         )
     tokens = resolve_cli_tokens(args, models)
-    prints = [fingerprint(m) for m in models]
     result = correlate(
         models[0], models[1:], tokens, units=args.units, batch_size=args.batch_size,
         max_tokens=args.max_tokens, device=args.device, memory_budget=budget,
@@ -177,7 +176,7 @@ def cmd_correlate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if shard.rank != 0:
         return 0  # every rank holds the same result
-    result.config["model_fingerprints"] = prints  # stats checks joins against the first
+    prints = result.config["model_weights"]  # as correlate hashed them; joins check the first
     out = _out(args) / report.CORRELATION_DIR
     result.save(out)
     print(result.universal_share().to_string(index=False, float_format="{:.3f}".format))

@@ -141,8 +141,3 @@ def _dtype_name(name: str, value: Any, matrix: bool = False) -> str | None:
         f"{name}={value!r} is not a dtype. Fix: pass e.g. {name}=torch.float32 or"
         f" {name}='float64'" + (" (or True for float32)." if matrix else ".")
     )
-
-
-def field_names() -> Sequence[str]:
-    """The names of the settings, in order."""
-    return [f.name for f in dataclasses.fields(CorrelationConfig)]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from tl_universality.core.protocol import HookedModel
+from tl_universality.data.tokens.resolve import default_seq_len
 from tl_universality.stats.baselines import (
     MIXING_KINDS,
     check_kind,
@@ -42,7 +43,6 @@ FINAL_CHUNK = 1 << 24
 #: Baseline mixing matrices are cached up to this many bytes per run (regenerated beyond).
 MIX_CACHE_BYTES = 1 << 28
 CHECKPOINT_FILE = "correlation_state.safetensors"
-FORMAT_PREFIX = "tl_universality.analyses.correlation"
 FORMAT_VERSION = 1
 
 
@@ -408,11 +408,6 @@ def resolve_matrix_dtype(keep_matrix: bool | str | torch.dtype | None) -> torch.
 def per_model_units(units: Any, k: int) -> list[Any]:
     """One unit spec per model (``PerModel`` unpacked, a plain spec repeated)."""
     return per_model(units, k)
-
-
-def default_seq_len(models: Sequence[HookedModel]) -> int:
-    # As stream_activations: the paper's 512, or the smallest context of the models.
-    return min(512, *(int(m.cfg.n_ctx) for m in models))
 
 
 def plan_correlation(

@@ -19,9 +19,6 @@ from tl_universality.analyses.entropy.scores import (
     LN_SCALE_HOOK,
     METRICS,
     NeuronSpec,
-    default_null_space_dim,
-    entropy_neuron_scores,
-    null_space_basis,
 )
 from tl_universality.core.names import neuron_name
 from tl_universality.core.protocol import HookedModel, mlp_hook_names, model_name
@@ -463,15 +460,3 @@ def entropy_intervention(
         n_tokens=int(clean_sums.get("count", 0)),
         model_name=model_name(model),
     )
-
-
-__all__ = [
-    "LN_SCALE_HOOK",
-    "METRICS",
-    "EntropyInterventionResult",
-    "default_null_space_dim",
-    "entropy_intervention",
-    "entropy_neuron_scores",
-    "matched_random_neurons",
-    "null_space_basis",
-]

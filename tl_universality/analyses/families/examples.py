@@ -13,18 +13,11 @@ import pandas as pd
 import torch
 
 from tl_universality.analyses.families.explain import (
-    explain,
-    families,
-    family_counts,
-    label_families,
     neuron_frame,
     token_source,
-    variance_reduction,
 )
 from tl_universality.analyses.families.variance import (
     NeuronsSpec,
-    VarianceReductionStats,
-    variance_reduction_stream,
 )
 from tl_universality.core.protocol import HookedModel
 from tl_universality.data.tokens.resolve import Tokens
@@ -249,20 +242,3 @@ def top_activations_of(
                 found, key=lambda e: (-e.activation, e.sequence, e.position)
             )[:k]
     return [TopActivations(layer, neuron, best[(layer, neuron)]) for layer, neuron in pairs]
-
-
-__all__ = [
-    "ActivatingExample",
-    "NeuronsSpec",
-    "TopActivations",
-    "VarianceReductionStats",
-    "explain",
-    "families",
-    "family_counts",
-    "label_families",
-    "neuron_frame",
-    "top_activations",
-    "top_activations_of",
-    "variance_reduction",
-    "variance_reduction_stream",
-]

@@ -14,33 +14,16 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from tl_universality.analyses.features.catalogue import (
-    ALPHABET,
-    BUILTIN_FAMILIES,
-    NO_FAMILY,
-    POSITION,
-    PREVIOUS_TOKEN,
-    SEMANTIC,
-    SYNTAX,
-    TOKEN_PROPERTY,
-    UNIGRAM,
-    Family,
-    family_thresholds,
     get_family,
-    list_families,
-    register_family,
-    token_set_family,
-    unregister_family,
 )
-from tl_universality.analyses.features.context import FeatureContext, normalise_token
+from tl_universality.analyses.features.context import FeatureContext
 from tl_universality.analyses.features.groups import (
     FeatureGroup,
     IndicatorGroup,
-    LabelFeatures,
     PartitionGroup,
     PositionFeatures,
     TokenSetFeatures,
     UnigramFeatures,
-    UserFeature,
     most_frequent_unigrams,
 )
 from tl_universality.data.tokens.resolve import Tokens
@@ -293,38 +276,3 @@ def default_features(
 
 def _explicit(position_bins: Any) -> bool:
     return not isinstance(position_bins, (int, np.integer))
-
-
-__all__ = [
-    "ALPHABET",
-    "BUILTIN_FAMILIES",
-    "Family",
-    "FeatureBatch",
-    "FeatureContext",
-    "FeatureGroup",
-    "FeatureSet",
-    "IndicatorGroup",
-    "LabelFeatures",
-    "NO_FAMILY",
-    "POSITION",
-    "PREVIOUS_TOKEN",
-    "PartitionGroup",
-    "PositionFeatures",
-    "SEMANTIC",
-    "SYNTAX",
-    "TOKEN_PROPERTY",
-    "TokenSetFeatures",
-    "UNIGRAM",
-    "UnigramFeatures",
-    "UserFeature",
-    "default_features",
-    "family_thresholds",
-    "get_family",
-    "list_families",
-    "most_frequent_unigrams",
-    "normalise_token",
-    "register_family",
-    "token_frequencies",
-    "token_set_family",
-    "unregister_family",
-]
