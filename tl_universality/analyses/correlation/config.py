@@ -49,6 +49,11 @@ class CorrelationConfig:
     seq_len: int | None = None
     max_tokens: int | None = None
     checkpoint_every: int = 10_000_000
+    # screened exact mode (docs/concepts.md, "Screened exact correlation")
+    candidates: int | None = None
+    screen_tokens: int | None = None
+    certificate_sigmas: float = 4.0
+    tol: float | None = None
 
     def __post_init__(self) -> None:
         check_kind(self.baseline)
@@ -65,6 +70,32 @@ class CorrelationConfig:
             "checkpoint_every",
             check_int("checkpoint_every", self.checkpoint_every, minimum=1),
         )
+        set_(self, "candidates", check_int("candidates", self.candidates, minimum=1, optional=True))
+        set_(
+            self,
+            "screen_tokens",
+            check_int("screen_tokens", self.screen_tokens, minimum=1, optional=True),
+        )
+        set_(
+            self,
+            "certificate_sigmas",
+            check_number("certificate_sigmas", self.certificate_sigmas, minimum=0.0),
+        )
+        tol = check_number("tol", self.tol, minimum=0.0, strict_minimum=True, optional=True)
+        set_(self, "tol", tol)
+        if self.candidates is None:
+            for name in ("screen_tokens", "tol"):
+                if getattr(self, name) is not None:
+                    raise InvalidArgumentError(
+                        f"{name}={getattr(self, name)!r} only applies to the screened mode."
+                        f" Fix: pass candidates=K (e.g. candidates=8) with {name}, or drop {name}."
+                    )
+        elif self.keep_matrix is not None and self.keep_matrix is not False:
+            raise InvalidArgumentError(
+                f"keep_matrix={self.keep_matrix!r} cannot be combined with"
+                f" candidates={self.candidates}: a screened run never forms the full matrices."
+                " Fix: drop keep_matrix, or run the exhaustive mode (candidates=None)."
+            )
         set_(self, "memory_budget", _budget(self.memory_budget))
         set_(self, "keep_matrix", _dtype_name("keep_matrix", self.keep_matrix, matrix=True))
         set_(self, "product_dtype", _dtype_name("product_dtype", self.product_dtype))

@@ -138,12 +138,12 @@ def merge_across_ranks(stats: Sequence[CrossMoments]) -> None:
     """
     dist = torch.distributed
     for s in stats:
-        s.reduce_across(_all_reduce)
+        s.reduce_across(all_reduce)
     if stats:
         dist.barrier()
 
 
-def _all_reduce(t: Tensor, op: str) -> Tensor:
+def all_reduce(t: Tensor, op: str) -> Tensor:
     """``t`` reduced over the ranks (a new tensor on ``t``'s device); gloo gets CPU tensors."""
     dist = torch.distributed
     ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}

@@ -28,6 +28,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ from tl_universality.core.errors import (
 from tl_universality.core.protocol import HookedModel, check_same_tokenizer, model_name
 from tl_universality.core.validate import check_device, check_folder
 from tl_universality.data.tokens.resolve import Tokens
+from tl_universality.data.tokens.sources import TokenSource
 from tl_universality.stats.cross_moments import (
     ProductDtype,
     resolve_product_dtype,
@@ -101,6 +103,10 @@ def correlate(
     bos_token_id: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 10_000_000,
+    candidates: int | None = None,
+    screen_tokens: int | None = None,
+    certificate_sigmas: float = 4.0,
+    tol: float | None = None,
     config: CorrelationConfig | None = None,
     names: Sequence[str] | None = None,
     progress: bool = True,
@@ -143,6 +149,18 @@ def correlate(
         bos_token_id: The BOS id of a token tensor when the models have no tokenizer.
         checkpoint_dir: Folder for checkpoints; a rerun with the same arguments resumes there.
         checkpoint_every: Tokens between checkpoints (each pass's end is always one).
+        candidates: Screened exact mode (docs/concepts.md, "Screened exact correlation"): the
+            exhaustive statistics run on the first ``screen_tokens`` only and keep, per unit and
+            other model, the ``candidates`` most correlated and most anti-correlated units;
+            then every token updates exact float64 statistics of those pairs alone. The result
+            has standard errors and a certificate per unit. Default None: exhaustive.
+        screen_tokens: Tokens of the screening stage (default: a quarter of the stream when its
+            size is known, at most 2**20; whole batches).
+        certificate_sigmas: A unit is certified when its exact max-correlation exceeds the
+            screening value of its best non-candidate by this many standard errors.
+        tol: With ``candidates``, stop early once every max-correlation's standard error is
+            below ``tol`` and neither the max-correlations (by more than ``tol``) nor the
+            universal set changed since the last check (``result.config["stopped_early"]``).
         config: All the settings above as one :class:`CorrelationConfig` (the keywords are
             turned into one otherwise; passing both is an error where they disagree).
         names: Labels of ``[model, *others]`` in tables (default their ``cfg.model_name``).
@@ -171,7 +189,8 @@ def correlate(
         all_pairs=all_pairs, baseline=baseline, n_draws=n_draws, seed=seed, top_k=top_k,
         keep_matrix=keep_matrix, memory_budget=memory_budget, batch_size=batch_size,
         product_dtype=product_dtype, exclude_token_ids=exclude_token_ids, seq_len=seq_len,
-        max_tokens=max_tokens, checkpoint_every=checkpoint_every,
+        max_tokens=max_tokens, checkpoint_every=checkpoint_every, candidates=candidates,
+        screen_tokens=screen_tokens, certificate_sigmas=certificate_sigmas, tol=tol,
     )  # fmt: skip
     cfg = _settings(config, given)
     check_device("device", device)
@@ -182,13 +201,54 @@ def correlate(
     check_same_tokenizer(models)  # before any compute: a mismatch makes every number meaningless
     labels = model_labels(models, names)
     specs = per_model_units(units, len(models))
-    indices = [unit_index(m, s) for m, s in zip(models, specs, strict=True)]
     dev = torch.device(device) if device is not None else model_device(models[0])
-    product, _ = resolve_product_dtype(cfg.product_dtype, dev)
-    matrix_dtype = resolve_matrix_dtype(cfg.keep_matrix)
     # The whole stream, and the part this run reads: growing max_tokens on a checkpoint
     # continues the same stream.
     stream = resolve_tokens(tokens, models, seq_len=cfg.seq_len, bos_token_id=bos_token_id)
+    setup = Setup(models, specs, labels, dev, stream, folder, progress, callback)
+    if cfg.candidates is not None:
+        from tl_universality.analyses.correlation.screened import correlate_screened
+
+        return correlate_screened(setup, cfg)
+    done = run_exhaustive(setup, cfg)
+    results = done.run.results(labels, done.config)
+    return results if cfg.all_pairs else results[0]
+
+
+@dataclass
+class Setup:
+    """What a correlation run works on, resolved once by :func:`correlate`."""
+
+    models: list[HookedModel]
+    specs: list[Any]
+    labels: list[str]
+    device: torch.device
+    stream: TokenSource
+    folder: Path | None
+    progress: bool
+    callback: Callable[[CorrelationProgress], None] | None
+
+
+@dataclass
+class Exhaustive:
+    """A finished exhaustive run: its state, the result config and the batch digests read."""
+
+    run: CorrelationRun
+    config: dict[str, Any]
+    digests: list[str]
+    seq_len: int
+
+
+def run_exhaustive(setup: Setup, cfg: CorrelationConfig, screen: int = 0) -> Exhaustive:
+    """The exhaustive statistics over ``setup.stream`` (limited to ``cfg.max_tokens``), with
+    checkpoints in ``setup.folder``; ``screen=K`` also keeps what a screened run needs."""
+    models, specs, labels, dev = setup.models, setup.specs, setup.labels, setup.device
+    folder, progress, callback = setup.folder, setup.progress, setup.callback
+    model = models[0]
+    indices = [unit_index(m, s) for m, s in zip(models, specs, strict=True)]
+    product, _ = resolve_product_dtype(cfg.product_dtype, dev)
+    matrix_dtype = resolve_matrix_dtype(cfg.keep_matrix)
+    stream = setup.stream
     source = stream.limit(cfg.max_tokens) if cfg.max_tokens is not None else stream
     # Under torch.distributed this rank reads batches k with k % world_size == rank (and keeps
     # its checkpoint in checkpoint_dir/rank{r}); the statistics merge before each reduction.
@@ -226,6 +286,7 @@ def correlate(
         product_dtype=cfg.product_dtype,
         device=dev,
         all_pairs=cfg.all_pairs,
+        screen=screen,
     )
     weights = [weights_digest(m) for m in models]
     config_out = {
@@ -254,11 +315,11 @@ def correlate(
         loaded = load_checkpoint(folder)
         if loaded is not None:
             state, meta = loaded
-            _check_fingerprint(folder, meta.get("fingerprint") or {}, fingerprint)
+            check_fingerprint(folder, meta.get("fingerprint") or {}, fingerprint)
             digests = [str(d) for d in meta.get("token_digests", [])]
             seen = seen_total = int(meta.get("stream_sequences", 0))
             _check_size(folder, cfg, source, seen, plan, meta)
-            _verify_prefix(folder, source, cfg.batch_size, digests, seen)
+            verify_prefix(folder, source, cfg.batch_size, digests, seen)
             run.load(state, meta)
             resumed_complete = bool(meta.get("complete"))
             if progress:
@@ -303,7 +364,7 @@ def correlate(
                 digest = batch_digest(batch.tokens)
                 if batch_index < len(digests):
                     if digests[batch_index] != digest:
-                        raise _token_mismatch(folder, batch_index, cfg.batch_size)
+                        raise token_mismatch(folder, batch_index, cfg.batch_size)
                 else:
                     digests.append(digest)
                 batch_index += 1
@@ -348,8 +409,7 @@ def correlate(
     run.add_noise_baseline()
     if not resumed_complete and plan.n_passes > 1:
         checkpoint(complete=True)
-    results = run.results(labels, config_out)
-    return results if cfg.all_pairs else results[0]
+    return Exhaustive(run, config_out, digests, source.seq_len)
 
 
 def _settings(config: CorrelationConfig | None, given: CorrelationConfig) -> CorrelationConfig:
@@ -393,7 +453,7 @@ def _fingerprint(cfg, models, weights, indices, source, plan) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=str))  # as stored: lists, str
 
 
-def _check_fingerprint(folder: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+def check_fingerprint(folder: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
     if old == new:
         return
     differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -442,18 +502,18 @@ def _check_size(folder, cfg, source, seen: int, plan, meta: dict[str, Any]) -> N
         )
 
 
-def _verify_prefix(folder, source, batch_size: int, digests: list[str], seen: int) -> None:
+def verify_prefix(folder, source, batch_size: int, digests: list[str], seen: int) -> None:
     """Re-read the tokens the checkpoint consumed and refuse at the first batch that differs."""
     count = 0
     for k, tokens in enumerate(source.batches(batch_size)):
         if count >= seen or k >= len(digests):
             return
         if batch_digest(tokens) != digests[k]:
-            raise _token_mismatch(folder, k, batch_size)
+            raise token_mismatch(folder, k, batch_size)
         count += tokens.shape[0]
 
 
-def _token_mismatch(folder: Path | None, batch: int, batch_size: int) -> CheckpointMismatchError:
+def token_mismatch(folder: Path | None, batch: int, batch_size: int) -> CheckpointMismatchError:
     first, last = batch * batch_size, (batch + 1) * batch_size - 1
     return CheckpointMismatchError(
         f"The tokens differ from those the checkpoint in {folder} consumed, first at sequences"

@@ -43,6 +43,11 @@ class CorrelationResult(Result):
         other_dead: Dead units of each other model.
         baseline: The baseline kind (or None); ``config`` the run's other settings.
         matrices: With ``keep_matrix``, the full ``[units, other units]`` correlation per model.
+        max_corr_se: Screened runs (``candidates=K``): ``[models, units]`` batch-means standard
+            error of ``max_corr`` (and ``min_corr_se`` of ``min_corr``); None otherwise.
+        certified: Screened runs: ``[models, units]`` whether the unit's exact max-correlation
+            beats the screening value of its best non-candidate by ``certificate_sigmas``
+            standard errors (so no unit outside the candidates can hold the maximum).
 
     The table view (:meth:`to_dataframe`) uses the paper's names: ``max_corr``, ``mean_corr`` and
     ``min_corr`` are the max, mean and min *over models* of the per-model max correlation (likewise
@@ -65,6 +70,9 @@ class CorrelationResult(Result):
     baseline: str | None = "rotation"
     config: dict[str, Any] = field(default_factory=dict)
     matrices: tuple[Float[Tensor, "units _"], ...] | None = None
+    max_corr_se: Float[Tensor, "models units"] | None = None
+    min_corr_se: Float[Tensor, "models units"] | None = None
+    certified: Bool[Tensor, "models units"] | None = None
 
     # -- per unit ------------------------------------------------------------------------------
 
@@ -109,6 +117,30 @@ class CorrelationResult(Result):
                 " Run correlate(..., baseline='rotation')."
             )
         return self.excess_correlation > threshold
+
+    # -- precision -----------------------------------------------------------------------------
+
+    @property
+    def n_certified(self) -> int | None:
+        """Live units certified for every other model (None for an exhaustive run)."""
+        if self.certified is None:
+            return None
+        return int((self.certified.all(0) & ~self.dead).sum())
+
+    def converged(self, tol: float) -> bool:
+        """Whether every live unit's max-correlation has a standard error below ``tol``.
+
+        Only screened runs (``candidates=K``) carry standard errors (see :func:`correlate`).
+        """
+        if self.max_corr_se is None:
+            raise ValueError(
+                "This result has no standard errors (an exhaustive run). Fix: run"
+                " correlate(..., candidates=K), which streams exact statistics of the candidate"
+                " pairs with batch-means standard errors."
+            )
+        live = ~self.max_corr.isnan()
+        se = self.max_corr_se[live]
+        return bool(se.numel() == 0 or (se.nan_to_num(torch.inf) < tol).all())
 
     # -- tables --------------------------------------------------------------------------------
 
@@ -158,6 +190,10 @@ class CorrelationResult(Result):
                 m, self.argmin[m]
             )
             df[f"baseline_{label}"] = self.baseline_max[m].numpy()
+        if self.max_corr_se is not None and self.certified is not None:
+            with np.errstate(all="ignore"):
+                df["max_corr_se"] = _nan_reduce(self.max_corr_se, "max")
+            df["certified"] = self.certified.all(0).numpy()
         return df
 
     def universal_neurons(self, threshold: float = 0.5) -> pd.DataFrame:
@@ -233,6 +269,8 @@ class CorrelationResult(Result):
         "baseline_draws",
     )
 
+    _SCREENED = ("max_corr_se", "min_corr_se", "certified")
+
     FORMAT = "tl_universality.correlation_result"
     VERSION = 2
 
@@ -243,6 +281,10 @@ class CorrelationResult(Result):
             tensors[f"other_dead.{m}"] = dead.to(torch.uint8)
         for m, mat in enumerate(self.matrices or ()):
             tensors[f"matrix.{m}"] = mat
+        for name in self._SCREENED:
+            value = getattr(self, name)
+            if value is not None:
+                tensors[name] = value.to(torch.uint8) if name == "certified" else value
         out.write_tensors("arrays", tensors)
         out.write_table("neurons", self.to_dataframe())
         meta.update(
@@ -277,6 +319,9 @@ class CorrelationResult(Result):
             baseline=meta["baseline"],
             config=dict(meta.get("config") or {}),
             matrices=tuple(t[f"matrix.{m}"] for m in range(k)) if meta["has_matrices"] else None,
+            max_corr_se=t.get("max_corr_se"),
+            min_corr_se=t.get("min_corr_se"),
+            certified=t["certified"].bool() if "certified" in t else None,
             **{name: t[name] for name in cls._ARRAYS},
         )
         result.check_consistent()
@@ -338,6 +383,9 @@ class CorrelationResult(Result):
             "excess_max": float(excess.max()) if len(excess) else float("nan"),
             "threshold": float(threshold),
         }
+        if self.certified is not None:
+            out["n_certified"] = self.n_certified
+            out["certified_share"] = self.n_certified / max(1, int((~self.dead).sum()))
         if self.baseline:
             for row in self.universal_share(threshold).itertuples():
                 out[f"universal_share_L{int(row.layer)}"] = float(row.universal_share)

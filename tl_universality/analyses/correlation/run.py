@@ -45,10 +45,20 @@ class _Summary:
     """Running per-row reductions of the correlation of reference ``r`` with model ``c``."""
 
     FIELDS = ("max_val", "max_idx", "min_val", "min_idx", "top_val", "top_idx", "base")
+    # with ``screen``: the K most anti-correlated units too, and the co-moments of both lists
+    SCREEN_FIELDS = ("low_val", "low_idx", "top_com", "low_com")
 
-    def __init__(self, n_rows: int, top_k: int, n_draws: int, device: torch.device) -> None:
+    def __init__(
+        self, n_rows: int, top_k: int, n_draws: int, device: torch.device, screen: int = 0
+    ) -> None:
         f64 = dict(dtype=torch.float64, device=device)
         i64 = dict(dtype=torch.int64, device=device)
+        self.screen = screen
+        if screen:
+            self.low_val = torch.full((n_rows, screen), torch.inf, **f64)  # type: ignore[arg-type]
+            self.low_idx = torch.full((n_rows, screen), -1, **i64)  # type: ignore[arg-type]
+            self.top_com = torch.full((n_rows, top_k), torch.nan, **f64)  # type: ignore[arg-type]
+            self.low_com = torch.full((n_rows, screen), torch.nan, **f64)  # type: ignore[arg-type]
         self.max_val = torch.full((n_rows,), -torch.inf, **f64)  # type: ignore[arg-type]
         self.max_idx = torch.full((n_rows,), -1, **i64)  # type: ignore[arg-type]
         self.min_val = torch.full((n_rows,), torch.inf, **f64)  # type: ignore[arg-type]
@@ -57,7 +67,9 @@ class _Summary:
         self.top_idx = torch.full((n_rows, top_k), -1, **i64)  # type: ignore[arg-type]
         self.base = torch.full((n_draws, n_rows), torch.nan, **f64)  # type: ignore[arg-type]
 
-    def update(self, rows: slice, corr: Tensor, col_offset: int) -> None:
+    def update(
+        self, rows: slice, corr: Tensor, col_offset: int, comoment: Tensor | None = None
+    ) -> None:
         nan = corr.isnan()
         has_nan = bool(nan.any())
         # NaN (dead) never wins a max or a min; copies only when there is one.
@@ -78,15 +90,31 @@ class _Summary:
             best, order = vals.topk(k, dim=1)
             self.top_val[rows] = best
             self.top_idx[rows] = idxs.gather(1, order)
+            if self.screen and comoment is not None:
+                coms = torch.cat([self.top_com[rows], comoment.gather(1, ti)], 1)
+                self.top_com[rows] = coms.gather(1, order)
+        if self.screen and comoment is not None:
+            low = corr.masked_fill(nan, torch.inf) if has_nan else corr
+            lv, li = low.topk(min(self.screen, low.shape[1]), dim=1, largest=False)
+            vals = torch.cat([self.low_val[rows], lv], 1)
+            order = vals.topk(self.screen, dim=1, largest=False).indices
+            self.low_val[rows] = vals.gather(1, order)
+            idxs = torch.cat([self.low_idx[rows], li + col_offset], 1)
+            self.low_idx[rows] = idxs.gather(1, order)
+            coms = torch.cat([self.low_com[rows], comoment.gather(1, li)], 1)
+            self.low_com[rows] = coms.gather(1, order)
 
     def add_baseline(self, draw: int, rows: slice, best: Tensor) -> None:
         self.base[draw, rows] = torch.fmax(self.base[draw, rows], best)
 
+    def fields(self) -> tuple[str, ...]:
+        return self.FIELDS + (self.SCREEN_FIELDS if self.screen else ())
+
     def tensors(self, prefix: str) -> dict[str, Tensor]:
-        return {f"{prefix}{f}": getattr(self, f) for f in self.FIELDS}
+        return {f"{prefix}{f}": getattr(self, f) for f in self.fields()}
 
     def load(self, state: dict[str, Tensor], prefix: str) -> None:
-        for f in self.FIELDS:
+        for f in self.fields():
             setattr(self, f, state[f"{prefix}{f}"].to(getattr(self, f).device).clone())
 
     def finished(self) -> dict[str, Tensor]:
@@ -148,8 +176,12 @@ class CorrelationRun:
         product_dtype: ProductDtype,
         device: torch.device,
         all_pairs: bool,
+        screen: int = 0,
     ) -> None:
         self.plan, self.indices = plan, list(indices)
+        # A screening run (stage 1 of ``candidates=K``) also keeps the K most anti-correlated
+        # units, the co-moments of both lists, and every unit's mean and sum of squares.
+        self.screen = screen
         self.baseline, self.n_draws, self.seed = baseline, n_draws, seed
         self.product_dtype, self.device = product_dtype, device
         # With all_pairs the statistics of pair (i, j) also serve reference j (transposed).
@@ -158,7 +190,8 @@ class CorrelationRun:
             self.directions += [(j, i) for i, j in plan.pairs]
         draws = n_draws if baseline else 0
         self.summaries = {
-            (r, c): _Summary(indices[r].n_units, top_k, draws, device) for r, c in self.directions
+            (r, c): _Summary(indices[r].n_units, top_k, draws, device, screen)
+            for r, c in self.directions
         }
         self.matrices = (
             {
@@ -171,6 +204,8 @@ class CorrelationRun:
             else None
         )
         self.dead = [torch.zeros(i.n_units, dtype=torch.bool) for i in indices]
+        self.means = [torch.zeros(i.n_units, dtype=torch.float64) for i in indices]
+        self.m2s = [torch.zeros(i.n_units, dtype=torch.float64) for i in indices]
         self.n_tokens = 0
         self.next_pass = 0
         self.sequences = 0
@@ -268,10 +303,13 @@ class CorrelationRun:
             a_seg, b_segs = self._segments(tile)
             ref_rows = slice(a_seg.offset, a_seg.offset + tile.n_a)
             self.dead[a_seg.model][ref_rows] = stats.dead_x.cpu()
+            self.means[a_seg.model][ref_rows] = stats.mean_x.cpu()
+            self.m2s[a_seg.model][ref_rows] = stats.m2_x.cpu()
             for seg in b_segs:
-                self.dead[seg.model][seg.offset : seg.offset + seg.stop - seg.start] = stats.dead_y[
-                    seg.start : seg.stop
-                ].cpu()
+                cols = slice(seg.offset, seg.offset + seg.stop - seg.start)
+                self.dead[seg.model][cols] = stats.dead_y[seg.start : seg.stop].cpu()
+                self.means[seg.model][cols] = stats.mean_y[seg.start : seg.stop].cpu()
+                self.m2s[seg.model][cols] = stats.m2_y[seg.start : seg.stop].cpu()
             for seg in b_segs:
                 self._reduce(stats, a_seg, seg, gram, keep=True)
                 if (seg.model, a_seg.model) in self.summaries:
@@ -295,7 +333,8 @@ class CorrelationRun:
         for r0, r1 in chunks:
             global_rows = slice(rows.offset + r0 - rows.start, rows.offset + r1 - rows.start)
             corr = stats.corr(slice(r0, r1), col_slice)
-            summary.update(global_rows, corr, cols.offset)
+            com = stats.comoment(slice(r0, r1), col_slice) if self.screen else None
+            summary.update(global_rows, corr, cols.offset, com)
             if matrix is not None:
                 matrix[global_rows, cols.offset : cols.offset + n_cols] = corr.to(
                     "cpu", matrix.dtype
@@ -325,6 +364,7 @@ class CorrelationRun:
             out.update(s.tensors(f"summary.{r}.{c}."))
         for m, dead in enumerate(self.dead):
             out[f"dead.{m}"] = dead.to(torch.uint8)
+            out[f"mean.{m}"], out[f"m2.{m}"] = self.means[m], self.m2s[m]
         for (i, j), mat in (self.matrices or {}).items():
             out[f"matrix.{i}.{j}"] = mat
         for t, stats in enumerate(self.stats or ()):
@@ -335,6 +375,8 @@ class CorrelationRun:
         for (r, c), s in self.summaries.items():
             s.load(state, f"summary.{r}.{c}.")
         self.dead = [state[f"dead.{m}"].bool() for m in range(len(self.indices))]
+        self.means = [state[f"mean.{m}"].clone() for m in range(len(self.indices))]
+        self.m2s = [state[f"m2.{m}"].clone() for m in range(len(self.indices))]
         if self.matrices is not None:
             for key in self.matrices:
                 self.matrices[key] = state[f"matrix.{key[0]}.{key[1]}"].clone()
@@ -404,7 +446,7 @@ class CorrelationRun:
 
 
 CHECKPOINT_FORMAT = "tl_universality.correlation_checkpoint"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 
 
 def save_checkpoint(folder: Path, run: CorrelationRun, meta: dict[str, Any]) -> None:

@@ -1,0 +1,169 @@
+"""correlate(..., candidates=K): the screened exact mode against the exhaustive run and planted
+structure."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tests.helpers import build_model, random_tokens
+from tl_universality.analyses.correlation import CorrelationResult, correlate
+from tl_universality.core.errors import CheckpointMismatchError, InvalidArgumentError
+
+KW = dict(bos_token_id=0, progress=False, n_draws=1, batch_size=8, product_dtype="float64")
+
+
+def permuted_copy(model, seed: int = 0):
+    """The same function with every layer's MLP neurons permuted; returns (copy, perms)."""
+    other = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    perms = []
+    with torch.no_grad():
+        for block in other.blocks:
+            p = torch.randperm(block.mlp.W_in.shape[1], generator=g)
+            block.mlp.W_in.copy_(block.mlp.W_in[:, p])
+            block.mlp.b_in.copy_(block.mlp.b_in[p])
+            block.mlp.W_out.copy_(block.mlp.W_out[p, :])
+            perms.append(p)
+    return other, perms
+
+
+@pytest.fixture(scope="module")
+def family():
+    return [build_model(seed=s) for s in (0, 1, 2)]
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return random_tokens(400, 32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def exhaustive(family, tokens) -> CorrelationResult:
+    return correlate(family[0], family[1:], tokens, keep_matrix=torch.float64, **KW)
+
+
+@pytest.fixture(scope="module")
+def screened(family, tokens) -> CorrelationResult:
+    return correlate(family[0], family[1:], tokens, candidates=6, screen_tokens=3100, **KW)
+
+
+def test_permuted_copy_is_recovered_and_every_unit_certified(family, tokens) -> None:
+    ref = family[0]
+    other, perms = permuted_copy(ref)
+    result = correlate(ref, [other, family[1]], tokens, candidates=4, screen_tokens=600, **KW)
+    d = ref.cfg.d_mlp
+    # reference neuron p[j] of layer l sits at position j of the copy: argmax maps back
+    want = torch.cat([layer * d + p.argsort() for layer, p in enumerate(perms)])
+    live = ~result.dead
+    assert torch.equal(result.argmax[0][live], want[live])
+    assert (result.max_corr[0][live] > 1 - 1e-9).all()
+    assert result.certified[0][live].all()
+    assert result.max_corr_se[0][live].max() < 1e-6  # identical units: no sampling error
+
+
+def test_certified_units_equal_exhaustive(screened, exhaustive) -> None:
+    cert = screened.certified
+    assert screened.n_tokens == exhaustive.n_tokens
+    assert cert.float().mean() > 0.3, "the test needs certified units to say anything"
+    diff = (screened.max_corr - exhaustive.max_corr).abs()
+    assert diff[cert].max() < 1e-9
+    assert torch.equal(screened.argmax[cert], exhaustive.argmax[cert])
+    # every unit: the screened max is over a subset of the units, so never above the exhaustive
+    assert (screened.max_corr - exhaustive.max_corr).nan_to_num(0).max() < 1e-12
+    assert (exhaustive.min_corr - screened.min_corr).nan_to_num(0).max() < 1e-12
+    # the baseline is the screening stage's: computed on fewer tokens, same kind
+    assert screened.baseline_draws.shape == exhaustive.baseline_draws.shape
+
+
+def test_candidate_values_are_exact_full_stream_correlations(screened, exhaustive) -> None:
+    for m in range(2):
+        full = exhaustive.matrix(m)
+        idx = screened.top_index[m]
+        want = full.gather(1, idx.clamp_min(0))
+        ok = idx >= 0
+        assert (screened.top_corr[m][ok] - want[ok]).abs().max() < 1e-9
+
+
+def test_result_round_trip_keeps_errors_and_certificates(screened, tmp_path) -> None:
+    screened.save(tmp_path / "r")
+    back = CorrelationResult.load(tmp_path / "r")
+    assert torch.equal(back.certified, screened.certified)
+    assert torch.equal(back.max_corr_se.isnan(), screened.max_corr_se.isnan())
+    df = back.to_dataframe()
+    assert {"max_corr_se", "certified"} <= set(df.columns)
+    assert back.summary()["n_certified"] == screened.n_certified
+    assert screened.config["candidates"] == 6 and screened.config["screen_tokens_used"] > 0
+    with pytest.raises(ValueError, match="no standard errors"):
+        CorrelationResult.load(tmp_path / "r").__class__.converged(
+            CorrelationResult(**{**back.__dict__, "max_corr_se": None}), 0.1
+        )
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(family, tokens, screened, tmp_path):
+    class Killed(Exception):
+        pass
+
+    seen = []
+
+    def kill(progress):
+        seen.append(progress)
+        if progress.pass_index == 1 and len([p for p in seen if p.pass_index == 1]) == 4:
+            raise Killed
+
+    args = dict(candidates=6, screen_tokens=3100, checkpoint_dir=tmp_path, checkpoint_every=256)
+    with pytest.raises(Killed):
+        correlate(family[0], family[1:], tokens, callback=kill, **args, **KW)
+    resumed = correlate(family[0], family[1:], tokens, **args, **KW)
+    for name in ("max_corr", "min_corr", "top_corr", "max_corr_se", "baseline_draws"):
+        got, want = getattr(resumed, name), getattr(screened, name)
+        assert (got - want).nan_to_num(0).abs().max() < 1e-12, name
+    assert torch.equal(resumed.certified, screened.certified)
+    other = tokens.clone()
+    other[-1, 5] = (other[-1, 5] + 1) % 60 + 1
+    with pytest.raises(CheckpointMismatchError):
+        correlate(family[0], family[1:], other, **args, **KW)
+
+
+def test_all_pairs_screened(family, tokens) -> None:
+    results = correlate(
+        family[0], family[1:], tokens, candidates=6, screen_tokens=3100, all_pairs=True, **KW
+    )
+    exhaustive = correlate(family[0], family[1:], tokens, all_pairs=True, **KW)
+    assert len(results) == 3
+    for got, want in zip(results, exhaustive, strict=True):
+        cert = got.certified
+        assert (got.max_corr - want.max_corr).abs()[cert].max() < 1e-9
+
+
+def test_early_stop_when_stable() -> None:
+    ref = build_model(seed=0)
+    other, _ = permuted_copy(ref, seed=3)
+    with torch.no_grad():  # a noisy copy: clear best matches with a sampling error
+        g = torch.Generator().manual_seed(4)
+        for block in other.blocks:
+            w = block.mlp.W_in
+            w.add_(0.5 * w.std() * torch.randn(w.shape, generator=g))
+    long = random_tokens(600, 32, seed=5)
+    args = dict(candidates=3, screen_tokens=256, **KW)
+    full = correlate(ref, other, long, **args)
+    assert full.config["stopped_early"] is False and full.n_tokens == 600 * 31
+    result = correlate(ref, other, long, tol=0.1, **args)
+    assert result.config["stopped_early"] is True
+    assert result.n_tokens < full.n_tokens
+    assert result.converged(0.1)
+    assert not result.converged(0.01)
+    assert not full.converged(1e-4)
+
+
+def test_bad_settings_are_refused(family, tokens) -> None:
+    with pytest.raises(InvalidArgumentError, match="keep_matrix"):
+        correlate(family[0], family[1], tokens, candidates=3, keep_matrix=True, **KW)
+    with pytest.raises(InvalidArgumentError, match="only applies to the screened mode"):
+        correlate(family[0], family[1], tokens, tol=0.01, **KW)
+    with pytest.raises(InvalidArgumentError, match="candidates=70 keeps 140"):
+        correlate(family[0], family[1], tokens, candidates=70, **KW)
+    with pytest.raises(InvalidArgumentError, match="tol"):
+        correlate(family[0], family[1], tokens, candidates=3, tol=0.0, **KW)

@@ -1,0 +1,447 @@
+"""Screened exact correlation: ``correlate(..., candidates=K)`` (docs/concepts.md, "Screened
+exact correlation").
+
+Stage 1 runs the exhaustive statistics on the first ``screen_tokens`` tokens (whole batches) and
+keeps, per reference unit and other model, the K most correlated and the K most anti-correlated
+units: the candidates. Stage 2 streams every later token and accumulates exact float64 statistics
+of those pairs only (:class:`~tl_universality.stats.pair_moments.PairMoments`, seeded with the
+stage-1 sums, so no token is read twice): memory ``a · 2K`` per pair of models instead of
+``a · b``, and a cost per token of ``a · 2K`` products instead of ``a · b``. The chance baselines
+come from the stage-1 statistics.
+
+Certificates. Stage 2 estimates the standard error of every candidate pair's correlation by batch
+means over sequences. The max-correlation over the candidates is exact over all ``n`` tokens; what
+could make it wrong is a non-candidate whose value over all tokens is larger. Every non-candidate's
+stage-1 value is at most that of the best one, ``r₁``, and its value over all tokens differs from
+its stage-1 value by an error of standard deviation ``σ·sqrt(1/n₁ - 1/n)``, with ``σ/sqrt(n)``
+taken as the largest standard error among the unit's K positive candidates (lower correlations
+have larger errors). Unit ``i`` is certified for a model when its exact max-correlation exceeds
+``r₁`` by ``certificate_sigmas`` such deviations: then, up to that margin, it is the value an
+exhaustive run over the same tokens reports.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from tl_universality.analyses.correlation.distributed import (
+    ShardedSource,
+    all_reduce,
+    current_shard,
+    rank_folder,
+)
+from tl_universality.analyses.correlation.engine import (
+    CorrelationConfig,
+    Setup,
+    check_fingerprint,
+    run_exhaustive,
+    token_mismatch,
+    verify_prefix,
+)
+from tl_universality.analyses.correlation.fingerprint import batch_digest
+from tl_universality.analyses.correlation.result import CorrelationResult
+from tl_universality.analyses.correlation.run import CorrelationProgress, CorrelationRun
+from tl_universality.core.errors import InvalidArgumentError
+from tl_universality.core.saving import open_saved, remove_leftovers, save_folder
+from tl_universality.data.tokens.sources import TokenSource
+from tl_universality.stats.pair_moments import PairMoments
+from tl_universality.units.activations import stream_activations
+from tl_universality.units.specs import PerModel
+
+#: Default screening length: a quarter of the stream when its size is known, at most this.
+SCREEN_TOKENS = 1 << 20
+#: Blocks (sequences) of stage 2 before ``tol`` may stop a run.
+MIN_BLOCKS = 20
+PAIRS_FORMAT = "tl_universality.screened_checkpoint"
+PAIRS_VERSION = 1
+UNIVERSAL_THRESHOLD = 0.5  # the paper's, used by the early stop
+
+
+class Remainder(TokenSource):
+    """The sequences of ``source`` after its first ``skip_batches`` batches of ``batch_size``.
+
+    Examples:
+        >>> from tl_universality.data.tokens import TensorTokenSource
+        >>> ids = torch.stack([torch.zeros(7, dtype=torch.long), torch.arange(7)], 1)
+        >>> rest = Remainder(TensorTokenSource(ids, 0), batch_size=2, skip_batches=2)
+        >>> [b[:, 1].tolist() for b in rest.batches(2)], rest.n_sequences
+        ([[4, 5], [6]], 3)
+    """
+
+    def __init__(self, source: TokenSource, batch_size: int, skip_batches: int) -> None:
+        super().__init__(source.seq_len, source.bos_token_id, f"{source.name} [after screening]")
+        self.inner, self.batch_size, self.skip = source, int(batch_size), int(skip_batches)
+
+    def batches(self, batch_size: int) -> Iterator[Int[Tensor, "batch seq"]]:
+        if batch_size != self.batch_size:
+            raise ValueError(
+                f"{self.name} is cut in batches of {self.batch_size}, not {batch_size}."
+            )
+        for k, batch in enumerate(self.inner.batches(self.batch_size)):
+            if k >= self.skip:
+                yield batch
+
+    def sequences(self) -> Iterator[Int[Tensor, " seq"]]:
+        for batch in self.batches(self.batch_size):
+            yield from batch
+
+    @property
+    def n_sequences(self) -> int | None:
+        total = self.inner.n_sequences
+        return None if total is None else max(0, total - self.skip * self.batch_size)
+
+
+def screen_batches(cfg: CorrelationConfig, source: TokenSource) -> int:
+    """Batches of the screening stage: ``screen_tokens`` (default a quarter of a stream of known
+    size, at most :data:`SCREEN_TOKENS`) rounded up to whole batches, at least one."""
+    total = source.n_sequences
+    want = cfg.screen_tokens
+    if want is None:
+        want = SCREEN_TOKENS if total is None else min(SCREEN_TOKENS, total * source.seq_len // 4)
+    n_seq = max(1, math.ceil(want / source.seq_len))
+    n_batches = math.ceil(n_seq / cfg.batch_size)
+    if total is not None:
+        n_batches = min(n_batches, math.ceil(total / cfg.batch_size))
+    return max(1, n_batches)
+
+
+def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
+    """The screened run behind ``correlate(..., candidates=K)``; see the module docstring."""
+    k = int(cfg.candidates)  # type: ignore[arg-type]
+    shard = current_shard()
+    if cfg.tol is not None and shard.distributed:
+        raise InvalidArgumentError(
+            f"tol={cfg.tol} (early stop) is not supported under torch.distributed. Fix: drop tol,"
+            " or run the screened correlation in one process."
+        )
+    stream = setup.stream
+    whole = stream.limit(cfg.max_tokens) if cfg.max_tokens is not None else stream
+    n1_batches = screen_batches(cfg, whole)
+    n1_tokens = n1_batches * cfg.batch_size * whole.seq_len
+    cfg1 = cfg.replace(
+        candidates=None, screen_tokens=None, tol=None, top_k=k + 1,
+        max_tokens=n1_tokens if cfg.max_tokens is None else min(n1_tokens, cfg.max_tokens),
+    )  # fmt: skip
+    folder = setup.folder
+    mine = rank_folder(folder, shard)
+    pairs_dir = mine / "pairs" if mine is not None else None
+    settings = cfg.to_dict()
+    settings.pop("checkpoint_every")  # checkpoint spacing may change between runs
+    fingerprint = {"settings": settings, "screen_batches": n1_batches, **_models_print(setup)}
+
+    loaded = _load(pairs_dir)
+    if loaded is not None:
+        state, meta = loaded
+        check_fingerprint(pairs_dir, meta["fingerprint"], fingerprint)
+        screen = Screened.from_state(state, meta, setup.device)
+        verify_prefix(
+            pairs_dir, whole, cfg.batch_size, list(meta["screen_digests"]),
+            n1_batches * cfg.batch_size,
+        )  # fmt: skip
+    else:
+        stage1 = Setup(
+            setup.models, setup.specs, setup.labels, setup.device, stream,
+            None if folder is None else folder / "screen", setup.progress, setup.callback,
+        )  # fmt: skip
+        done = run_exhaustive(stage1, cfg1, screen=k)
+        _check_width(done.run, k, setup.labels)
+        screen = Screened.from_stage1(done.run, k, shard.rank, setup.device)
+        config = {**done.config, **cfg.to_dict(), "screen_tokens_used": done.run.n_tokens}
+        meta = {
+            "fingerprint": fingerprint,
+            "config": config,
+            "screen_digests": done.digests,
+            "digests": [],
+            "sequences": 0,
+            "complete": False,
+            "stopped_early": False,
+        }
+    return _stage2(setup, cfg, screen, meta, whole, n1_batches, pairs_dir)
+
+
+def _models_print(setup: Setup) -> dict[str, Any]:
+    """What the statistics depend on besides the settings and the token contents."""
+    import json
+
+    from tl_universality.analyses.correlation.fingerprint import weights_digest
+
+    out = {
+        "models": [
+            {"name": n, "weights": weights_digest(m)}
+            for n, m in zip(setup.labels, setup.models, strict=True)
+        ],
+        "units": [_index(setup, m).to_dict() for m in range(len(setup.models))],
+        "seq_len": setup.stream.seq_len,
+    }
+    return json.loads(json.dumps(out, default=str))
+
+
+def _check_width(run: CorrelationRun, k: int, labels: list[str]) -> None:
+    for _, c in run.directions:
+        b = run.indices[c].n_units
+        if 2 * k >= b:
+            raise InvalidArgumentError(
+                f"candidates={k} keeps {2 * k} of each other model's units, but {labels[c]} has"
+                f" only {b}. Fix: pass candidates < {(b + 1) // 2}, or candidates=None (the"
+                " exhaustive mode, cheap at this size)."
+            )
+
+
+class Screened:
+    """Stage-1 outputs and the stage-2 pair statistics of every direction ``(r, c)``."""
+
+    def __init__(self, n1: int, k: int) -> None:
+        self.n1, self.k = n1, k
+        self.pairs: dict[tuple[int, int], PairMoments] = {}
+        self.rival: dict[tuple[int, int], Tensor] = {}  # best stage-1 non-candidate value
+        self.base: dict[tuple[int, int], Tensor] = {}  # stage-1 baseline draws
+        self.baseline: str | None = None
+
+    @classmethod
+    def from_stage1(cls, run: CorrelationRun, k: int, rank: int, device: torch.device) -> Screened:
+        out = cls(run.n_tokens, k)
+        out.baseline = run.baseline
+        for r, c in run.directions:
+            s = run.summaries[(r, c)]
+            cols = torch.cat([s.top_idx[:, :k], s.low_idx], 1)
+            com = torch.cat([s.top_com[:, :k], s.low_com], 1)
+            missing = cols < 0  # a dead row (or too few live columns): any column, sums 0
+            cols, com = cols.masked_fill(missing, 0), com.masked_fill(missing, 0.0)
+            pm = PairMoments.from_moments(
+                cols.cpu(), run.n_tokens, run.means[r], run.m2s[r], run.means[c], run.m2s[c],
+                com.cpu(), device=device, keep_sums=rank == 0,
+            )  # fmt: skip
+            out.pairs[(r, c)] = pm
+            out.rival[(r, c)] = s.top_val[:, k].cpu().masked_fill(s.top_idx[:, k].cpu() < 0, -1.0)
+            out.base[(r, c)] = s.base.cpu()
+        return out
+
+    def tensors(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for (r, c), pm in self.pairs.items():
+            out.update({f"pairs.{r}.{c}.{n}": v for n, v in pm.state_dict().items()})
+            out[f"rival.{r}.{c}"] = self.rival[(r, c)]
+            out[f"base.{r}.{c}"] = self.base[(r, c)]
+        return out
+
+    @classmethod
+    def from_state(
+        cls, state: dict[str, Tensor], meta: dict[str, Any], device: torch.device
+    ) -> Screened:
+        out = cls(int(meta["n1"]), int(meta["k"]))
+        out.baseline = meta["config"]["baseline"]
+        for key in meta["directions"]:
+            r, c = int(key[0]), int(key[1])
+            p = f"pairs.{r}.{c}."
+            sub = {n[len(p) :]: v for n, v in state.items() if n.startswith(p)}
+            out.pairs[(r, c)] = PairMoments.from_state_dict(sub, device=device)
+            out.rival[(r, c)], out.base[(r, c)] = state[f"rival.{r}.{c}"], state[f"base.{r}.{c}"]
+        return out
+
+    # -- the numbers ---------------------------------------------------------------------------
+
+    def reduce(self, key: tuple[int, int], top_k: int, sigmas: float) -> dict[str, Tensor]:
+        """max/min/top over the candidates of direction ``key``, standard errors, certificate."""
+        pm = self.pairs[key]
+        cols = pm.cols.cpu()
+        corr, se = pm.corr().cpu(), pm.standard_error().cpu()
+        nan = corr.isnan()
+        high, low = corr.masked_fill(nan, -torch.inf), corr.masked_fill(nan, torch.inf)
+        max_val, j = high.max(1)
+        min_val, i = low.min(1)
+        tk = min(top_k, cols.shape[1])
+        top_val, t = high.topk(tk, dim=1)
+        out = {
+            "max_corr": max_val, "argmax": cols.gather(1, j[:, None])[:, 0],
+            "max_se": se.gather(1, j[:, None])[:, 0],
+            "min_corr": min_val, "argmin": cols.gather(1, i[:, None])[:, 0],
+            "min_se": se.gather(1, i[:, None])[:, 0],
+            "top_corr": top_val, "top_index": cols.gather(1, t),
+        }  # fmt: skip
+        for v, idx in (("max_corr", "argmax"), ("min_corr", "argmin"), ("top_corr", "top_index")):
+            undefined = out[v].isinf()
+            out[v] = out[v].masked_fill(undefined, torch.nan)
+            out[idx] = out[idx].masked_fill(undefined, -1)
+        live = ~out["max_corr"].isnan()
+        if pm.blocked_tokens == 0:  # the screen was the whole stream: every value is exact
+            out["certified"] = live
+        else:
+            # The rival's error: its stage-1 value against its value over all n tokens, whose
+            # difference has variance σ²(1/n₁ - 1/n); σ²/n from the largest standard error
+            # among the unit's K positive candidates (lower correlations have larger errors).
+            spread = se[:, : self.k].nan_to_num(-1.0).amax(1)
+            rival_se = spread * math.sqrt(max(0.0, pm.n / max(1, self.n1) - 1.0))
+            ok = (out["max_corr"] - self.rival[key]) > sigmas * rival_se
+            out["certified"] = live & ok & (spread >= 0)
+        out["dead_x"], out["dead_y"] = pm.dead_x().cpu(), pm.dead_y().cpu()
+        return out
+
+
+# -- stage 2 --------------------------------------------------------------------------------------
+
+
+def _stage2(setup, cfg, screen: Screened, meta, whole, n1_batches: int, pairs_dir):
+    shard = current_shard()
+    rest: TokenSource = Remainder(whole, cfg.batch_size, n1_batches)
+    if shard.distributed:
+        rest = ShardedSource(rest, cfg.batch_size, shard)
+    exclude = list(cfg.exclude_token_ids) if cfg.exclude_token_ids is not None else None
+    digests: list[str] = list(meta["digests"])
+    sequences = int(meta["sequences"])
+    if sequences:
+        verify_prefix(pairs_dir, rest, cfg.batch_size, digests, sequences)
+    meta["n1"], meta["k"] = screen.n1, screen.k
+    meta["directions"] = [list(d) for d in screen.pairs]
+
+    def checkpoint(complete: bool = False) -> None:
+        if pairs_dir is None:
+            return
+        meta.update(digests=digests, sequences=sequences, complete=complete)
+        with save_folder(pairs_dir / "state", PAIRS_FORMAT, PAIRS_VERSION, meta) as out:
+            out.write_tensors("state", screen.tensors())
+
+    previous: dict[str, Any] | None = None
+    since = 0
+    if not meta["complete"]:
+        if setup.progress:
+            print(
+                f"Screened: {len(screen.pairs)} pair(s) of models x {2 * screen.k} candidates,"
+                f" {screen.n1} screening tokens; streaming the rest.",
+                file=sys.stderr,
+            )
+        batches = stream_activations(
+            setup.models, rest, units=PerModel(setup.specs), batch_size=cfg.batch_size,
+            device=setup.device, exclude_token_ids=exclude, start_sequence=sequences,
+            progress=setup.progress,
+        )  # fmt: skip
+        try:
+            for index, batch in enumerate(batches, start=-(-sequences // cfg.batch_size)):
+                digest = batch_digest(batch.tokens)
+                if index < len(digests) and digests[index] != digest:
+                    raise token_mismatch(pairs_dir, index, cfg.batch_size)
+                if index >= len(digests):
+                    digests.append(digest)
+                lengths = batch.keep.sum(1).tolist()
+                for (r, c), pm in screen.pairs.items():
+                    pm.update(batch.acts[r], batch.acts[c], lengths)
+                sequences += batch.tokens.shape[0]
+                since += batch.tokens.numel()
+                saved = pairs_dir is not None and since >= cfg.checkpoint_every
+                if saved:
+                    checkpoint()
+                    since = 0
+                if setup.callback is not None:
+                    n_tok = sequences * whole.seq_len
+                    setup.callback(CorrelationProgress(1, 2, sequences, n_tok, saved))
+                if cfg.tol is not None:
+                    previous, stop = _stable(screen, cfg, previous)
+                    if stop:
+                        meta["stopped_early"] = True
+                        break
+                del batch
+        finally:
+            batches.close()
+        if shard.distributed:
+            for pm in screen.pairs.values():
+                pm.reduce_across(all_reduce)
+        checkpoint(complete=True)
+    return _results(setup, cfg, screen, meta)
+
+
+def _stable(screen: Screened, cfg, previous: dict[str, Any] | None):
+    """(this check, stop?) for the early stop; see ``correlate``'s ``tol``."""
+    if min(pm.blocks for pm in screen.pairs.values()) < MIN_BLOCKS:
+        return None, False
+    tol = float(cfg.tol)
+    now: dict[str, Any] = {"max": {}, "universal": {}}
+    small = True
+    per_ref: dict[int, list[tuple[Tensor, Tensor]]] = {}
+    for key in screen.pairs:
+        red = screen.reduce(key, 1, cfg.certificate_sigmas)
+        now["max"][key] = red["max_corr"]
+        live = ~red["max_corr"].isnan()
+        small &= bool((red["max_se"][live].nan_to_num(torch.inf) < tol).all())
+        base = screen.base[key].nanmean(0) if screen.base[key].shape[0] else None
+        if base is not None:
+            per_ref.setdefault(key[0], []).append((red["max_corr"], base))
+    for r, parts in per_ref.items():
+        excess = torch.stack([m for m, _ in parts]).nanmean(0) - torch.stack(
+            [b for _, b in parts]
+        ).nanmean(0)
+        now["universal"][r] = excess > UNIVERSAL_THRESHOLD
+    if previous is None:
+        return now, False
+    moved = max(
+        float((now["max"][key] - previous["max"][key]).nan_to_num(0).abs().max())
+        for key in now["max"]
+    )
+    same = all(torch.equal(now["universal"][r], previous["universal"][r]) for r in now["universal"])
+    return now, small and moved <= tol and same
+
+
+def _results(setup: Setup, cfg, screen: Screened, meta: dict[str, Any]):
+    labels = setup.labels
+    n_tokens = next(iter(screen.pairs.values())).n
+    config = {
+        **meta["config"],
+        "n_tokens_used": n_tokens,
+        "stopped_early": bool(meta["stopped_early"]),
+        "screen_batches": meta["fingerprint"]["screen_batches"],
+    }
+    refs = sorted({r for r, _ in screen.pairs})
+    out = []
+    for r in refs:
+        others = sorted(c for rr, c in screen.pairs if rr == r)
+        reds = [screen.reduce((r, c), cfg.top_k, cfg.certificate_sigmas) for c in others]
+        out.append(
+            CorrelationResult(
+                units=_index(setup, r),
+                other_units=tuple(_index(setup, c) for c in others),
+                names=(labels[r], *(labels[c] for c in others)),
+                n_tokens=n_tokens,
+                max_corr=torch.stack([d["max_corr"] for d in reds]),
+                argmax=torch.stack([d["argmax"] for d in reds]),
+                min_corr=torch.stack([d["min_corr"] for d in reds]),
+                argmin=torch.stack([d["argmin"] for d in reds]),
+                top_corr=torch.stack([d["top_corr"] for d in reds]),
+                top_index=torch.stack([d["top_index"] for d in reds]),
+                baseline_draws=torch.stack([screen.base[(r, c)] for c in others]),
+                dead=reds[0]["dead_x"],
+                other_dead=tuple(d["dead_y"] for d in reds),
+                baseline=screen.baseline,
+                config={**config, "reference": labels[r]},
+                max_corr_se=torch.stack([d["max_se"] for d in reds]),
+                min_corr_se=torch.stack([d["min_se"] for d in reds]),
+                certified=torch.stack([d["certified"] for d in reds]),
+            )
+        )
+    return out if cfg.all_pairs else out[0]
+
+
+def _index(setup: Setup, m: int):
+    from tl_universality.units.activations import unit_index
+
+    return unit_index(setup.models[m], setup.specs[m])
+
+
+def _load(pairs_dir: Path | None):
+    if pairs_dir is None:
+        return None
+    state_dir = pairs_dir / "state"
+    if not state_dir.exists():
+        remove_leftovers(state_dir)
+        if not state_dir.exists():
+            return None
+    fix = f"delete {pairs_dir} (or pass another checkpoint_dir) to start the run over."
+    with open_saved(
+        state_dir, PAIRS_FORMAT, PAIRS_VERSION, what="screened checkpoint", fix=fix
+    ) as saved:
+        return saved.tensors("state"), dict(saved.meta)

@@ -1,0 +1,333 @@
+"""Exact float64 moments of chosen unit pairs, with batch-means standard errors
+(docs/concepts.md, "Screened exact correlation").
+
+A screened correlation run keeps, for every row unit ``i`` of side A, a few columns
+``cols[i, :]`` of side B (its candidates). :class:`PairMoments` accumulates, over a token stream,
+exactly what the correlation of each such pair needs: per-unit sums about a fixed shift and the
+pair sums ``Σ x'_i y'_j`` (``x' = x - shift``), all in float64. The pair sums are one sampled
+matrix product per batch (only the ``a · k`` wanted entries of ``X'ᵀ Y'``, computed as float64
+dot products), so a batch costs ``a · k · tokens`` instead of the ``a · b · tokens`` of the full
+cross moments.
+
+Standard errors (batch means). Tokens of one sequence are correlated, so the i.i.d. formula
+understates the error. Each sequence is a block ``b``; with the influence function of Pearson's
+r evaluated at the pilot estimates (shift, scale and r from the statistics the run started from),
+``Ψ_b = Σ_{t∈b} x̃ỹ - r₀/2 (x̃² + ỹ²)``, the long-run variance per token is
+``λ = m/(m-1) · Σ_b (Ψ_b - n_b μ)² / Σ_b n_b`` (``μ = ΣΨ_b / Σn_b``) and the standard error of the
+correlation over all ``n`` tokens is ``sqrt(λ / n)``. Blocks are whole sequences, so correlation
+between tokens of one sequence is accounted for; sequences are taken as independent.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+#: Elements (tokens x units) of the float64 copy of one chunk of sequences.
+CHUNK_ELEMENTS = 1 << 25
+
+_STATE = ("cols", "shift_x", "shift_y", "scale_x", "scale_y", "pilot")
+_SUMS = ("sx", "sxx", "sy", "syy", "sxy", "psi", "psi_sq", "psi_n")
+
+
+class PairMoments:
+    """Streaming float64 moments of the pairs ``(i, cols[i, k])`` of sides A and B.
+
+    Args:
+        cols: ``[a, k]`` the column units (indices into B) kept for each row unit.
+        shift_x, shift_y: Per-unit values subtracted before any product (e.g. pilot means).
+        scale_x, scale_y: Pilot standard deviations (used only for the standard errors).
+        pilot: ``[a, k]`` pilot correlations of the pairs (used only for the standard errors).
+        device: Where the accumulators live.
+
+    Examples:
+        >>> import numpy as np
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(400, 3, generator=g, dtype=torch.float64)
+        >>> y = torch.randn(400, 5, generator=g, dtype=torch.float64)
+        >>> cols = torch.tensor([[0, 4], [1, 2], [3, 3]])
+        >>> pm = PairMoments.fresh(cols, n_b=5)
+        >>> for k in range(0, 400, 100):  # four batches of 10 sequences x 10 tokens
+        ...     _ = pm.update(x[k : k + 100], y[k : k + 100], lengths=[10] * 10)
+        >>> oracle = np.corrcoef(x.numpy().T, y.numpy().T)[:3, 3:]
+        >>> want = np.take_along_axis(oracle, cols.numpy(), 1)
+        >>> bool(np.abs(pm.corr().numpy() - want).max() < 1e-12)
+        True
+    """
+
+    def __init__(
+        self,
+        cols: Int[Tensor, "a k"],
+        shift_x: Float[Tensor, " a"],
+        shift_y: Float[Tensor, " b"],
+        scale_x: Float[Tensor, " a"],
+        scale_y: Float[Tensor, " b"],
+        pilot: Float[Tensor, "a k"],
+        device: torch.device | str | None = None,
+    ) -> None:
+        dev = torch.device(device if device is not None else "cpu")
+        f64 = dict(dtype=torch.float64, device=dev)
+        self.device = dev
+        self.cols = cols.to(dev, torch.int64)
+        a, k = self.cols.shape
+        self.shift_x, self.shift_y = shift_x.to(**f64), shift_y.to(**f64)  # type: ignore[arg-type]
+        self.scale_x, self.scale_y = scale_x.to(**f64), scale_y.to(**f64)  # type: ignore[arg-type]
+        self.pilot = pilot.to(**f64)  # type: ignore[arg-type]
+        if tuple(self.pilot.shape) != (a, k) or self.shift_x.shape[0] != a:
+            raise ValueError(f"pilot {tuple(self.pilot.shape)} / shift_x do not match cols {a}x{k}")
+        if bool((self.cols < 0).any()) or bool((self.cols >= self.shift_y.shape[0]).any()):
+            raise ValueError(f"cols must index the {self.shift_y.shape[0]} units of side B")
+        b = self.shift_y.shape[0]
+        self.n = 0
+        self.sx, self.sxx = torch.zeros(a, **f64), torch.zeros(a, **f64)  # type: ignore[arg-type]
+        self.sy, self.syy = torch.zeros(b, **f64), torch.zeros(b, **f64)  # type: ignore[arg-type]
+        self.sxy = torch.zeros(a, k, **f64)  # type: ignore[arg-type]
+        # batch means: Σ Ψ_b, Σ Ψ_b², Σ n_b Ψ_b; and the block counts
+        self.psi = torch.zeros(a, k, **f64)  # type: ignore[arg-type]
+        self.psi_sq = torch.zeros(a, k, **f64)  # type: ignore[arg-type]
+        self.psi_n = torch.zeros(a, k, **f64)  # type: ignore[arg-type]
+        self.blocks = 0
+        self.block_n_sq = 0  # Σ n_b²
+        self.blocked_tokens = 0  # Σ n_b
+        self._patterns: dict[int, Tensor] = {}
+        self._sorted, order = self.cols.sort(1)
+        self._inverse = order.argsort(1)
+
+    @classmethod
+    def fresh(cls, cols: Int[Tensor, "a k"], n_b: int, device: torch.device | str | None = None):
+        """Moments about zero with no pilot (standard errors then use unit scale and r₀ = 0)."""
+        a, k = cols.shape
+        zeros, ones = torch.zeros, torch.ones
+        f64 = torch.float64
+        return cls(
+            cols, zeros(a, dtype=f64), zeros(n_b, dtype=f64), ones(a, dtype=f64),
+            ones(n_b, dtype=f64), zeros(a, k, dtype=f64), device,
+        )  # fmt: skip
+
+    @classmethod
+    def from_moments(
+        cls,
+        cols: Int[Tensor, "a k"],
+        n: int,
+        mean_x: Float[Tensor, " a"],
+        m2_x: Float[Tensor, " a"],
+        mean_y: Float[Tensor, " b"],
+        m2_y: Float[Tensor, " b"],
+        comoment: Float[Tensor, "a k"],
+        device: torch.device | str | None = None,
+        keep_sums: bool = True,
+    ) -> PairMoments:
+        """Start from the exact moments of ``n`` earlier tokens (sums about their means).
+
+        The earlier means become the shift and, with the earlier variances and correlations,
+        the pilot of the standard errors; the earlier tokens add no blocks. With
+        ``keep_sums=False`` only the shift and pilot are taken (the other ranks of a process
+        group, whose sums are added to rank 0's).
+        """
+        f64 = torch.float64
+        m2_x, m2_y, comoment = m2_x.to(f64), m2_y.to(f64), comoment.to(f64)
+        scale_x = (m2_x.clamp_min(0) / max(n, 1)).sqrt()
+        scale_y = (m2_y.clamp_min(0) / max(n, 1)).sqrt()
+        cols = cols.to(comoment.device)
+        pilot = comoment / (m2_x[:, None] * m2_y[cols]).sqrt()
+        out = cls(cols, mean_x, mean_y, scale_x, scale_y, pilot.nan_to_num(0.0), device)
+        if not keep_sums:
+            return out
+        out.n = int(n)
+        out.sxx = m2_x.to(out.device).clone()
+        out.syy = m2_y.to(out.device).clone()
+        out.sxy = comoment.to(out.device).clone()
+        return out
+
+    # -- accumulation --------------------------------------------------------------------------
+
+    def update(
+        self,
+        x: Float[Tensor, "tok a"],
+        y: Float[Tensor, "tok b"],
+        lengths: Sequence[int] | None = None,
+    ) -> PairMoments:
+        """Add one batch (in place); ``lengths`` are the tokens of each sequence in ``x``'s rows
+        (default: one sequence), each a block of the standard errors. Returns ``self``."""
+        n_tok = x.shape[0]
+        lengths = [n_tok] if lengths is None else [int(v) for v in lengths]
+        if sum(lengths) != n_tok or y.shape[0] != n_tok:
+            raise ValueError(f"lengths sum to {sum(lengths)}, x has {n_tok}, y {y.shape[0]} rows")
+        if x.shape[1] != self.cols.shape[0] or y.shape[1] != self.shift_y.shape[0]:
+            raise ValueError(
+                f"x has {x.shape[1]} units (want {self.cols.shape[0]}), y {y.shape[1]}"
+                f" (want {self.shift_y.shape[0]})"
+            )
+        lengths = [v for v in lengths if v > 0]
+        if not lengths:
+            return self
+        per = max(1, CHUNK_ELEMENTS // max(1, max(lengths) * (x.shape[1] + y.shape[1])))
+        start = 0
+        for c in range(0, len(lengths), per):
+            part = lengths[c : c + per]
+            stop = start + sum(part)
+            self._add_sequences(x[start:stop], y[start:stop], part)
+            start = stop
+        return self
+
+    def _add_sequences(self, x: Tensor, y: Tensor, lengths: list[int]) -> None:
+        dev, f64 = self.device, torch.float64
+        s, width = len(lengths), max(lengths)
+        lens = torch.tensor(lengths, device=dev)
+        mask = torch.arange(width, device=dev)[None, :] < lens[:, None]  # [s, width]
+        # Padded [s, width, units] float64 copies, centred about the shift; padding is 0 and
+        # adds nothing to any sum.
+        xs = torch.zeros(s, width, x.shape[1], dtype=f64, device=dev)
+        ys = torch.zeros(s, width, y.shape[1], dtype=f64, device=dev)
+        xs[mask] = x.to(dev, f64) - self.shift_x
+        ys[mask] = y.to(dev, f64) - self.shift_y
+        sx_b, sy_b = xs.sum(1), ys.sum(1)  # [s, a], [s, b]
+        qx_b, qy_b = (xs * xs).sum(1), (ys * ys).sum(1)
+        p_b = self._pair_products(xs, ys)  # [s, a, k]
+        self.n += int(lens.sum())
+        self.sx += sx_b.sum(0)
+        self.sy += sy_b.sum(0)
+        self.sxx += qx_b.sum(0)
+        self.syy += qy_b.sum(0)
+        self.sxy += p_b.sum(0)
+        # Ψ_b of each pair at the pilot: Σ x̃ỹ - r₀/2 (Σ x̃² + Σ ỹ²), x̃ = x'/scale.
+        ix, iy = 1.0 / self.scale_x, 1.0 / self.scale_y
+        iy_c = iy[self.cols]
+        psi = p_b * (ix[:, None] * iy_c) - 0.5 * self.pilot * (
+            (qx_b * ix * ix)[:, :, None] + (qy_b * iy * iy)[:, self.cols]
+        )
+        n_b = lens.to(f64)[:, None, None]
+        self.psi += psi.sum(0)
+        self.psi_sq += (psi * psi).sum(0)
+        self.psi_n += (psi * n_b).sum(0)
+        self.blocks += s
+        self.blocked_tokens += int(lens.sum())
+        self.block_n_sq += int((lens * lens).sum())
+
+    def _pair_products(self, xs: Tensor, ys: Tensor) -> Float[Tensor, "s a k"]:
+        """Per sequence, ``Σ_t x'_{t,i} y'_{t,cols[i,k]}`` (float64 dot products)."""
+        s = xs.shape[0]
+        a, k = self.cols.shape
+        xb = xs.transpose(1, 2).contiguous()  # [s, a, t]
+        yb = ys.transpose(1, 2).contiguous().transpose(1, 2)  # [s, t, b], column-major
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # sparse CSR "beta" notices
+                out = torch.sparse.sampled_addmm(self._pattern(s), xb, yb, beta=0.0)
+            return out.values().view(s, a, k).gather(2, self._inverse.expand(s, -1, -1))
+        except (RuntimeError, NotImplementedError):  # no sampled product on this device
+            return self._gathered_products(xs, ys)
+
+    def _gathered_products(self, xs: Tensor, ys: Tensor) -> Float[Tensor, "s a k"]:
+        """The same products by gathering the wanted columns (more memory traffic)."""
+        a, k = self.cols.shape
+        out = torch.empty(xs.shape[0], a, k, dtype=xs.dtype, device=xs.device)
+        flat = self.cols.reshape(-1)
+        for j in range(xs.shape[0]):
+            yc = ys[j][:, flat].view(-1, a, k)  # [t, a, k]
+            out[j] = torch.einsum("ta,tak->ak", xs[j], yc)
+        return out
+
+    def _pattern(self, s: int) -> Tensor:
+        """The batched CSR pattern of the pairs (columns sorted within each row)."""
+        if s not in self._patterns:
+            a, k = self.cols.shape
+            crow = torch.arange(0, a * k + 1, k, device=self.device)
+            col = self._sorted.reshape(-1)
+            values = torch.zeros(s, a * k, dtype=torch.float64, device=self.device)
+            self._patterns = {  # one size cached: batches are usually all alike
+                s: torch.sparse_csr_tensor(
+                    crow.expand(s, -1).contiguous(),
+                    col.expand(s, -1).contiguous(),
+                    values,
+                    size=(s, a, self.shift_y.shape[0]),
+                )  # fmt: skip
+            }
+        return self._patterns[s]
+
+    # -- merging -------------------------------------------------------------------------------
+
+    def reduce_across(self, reduce: Callable[[Tensor, str], Tensor]) -> PairMoments:
+        """Sum the accumulators over the ranks of a process group (same shift everywhere), in
+        place; ``reduce(tensor, "sum")`` returns the reduced tensor. Returns ``self``."""
+        for name in _SUMS:
+            setattr(self, name, reduce(getattr(self, name), "sum"))
+        counts = torch.tensor(self._counts(), dtype=torch.float64, device=self.device)
+        self._set_counts(reduce(counts, "sum").cpu().round().long().tolist())
+        return self
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    @property
+    def n_a(self) -> int:
+        return int(self.cols.shape[0])
+
+    def mean_x(self) -> Float[Tensor, " a"]:
+        return self.shift_x + self.sx / self.n
+
+    def mean_y(self) -> Float[Tensor, " b"]:
+        return self.shift_y + self.sy / self.n
+
+    def m2_x(self) -> Float[Tensor, " a"]:
+        """Sum of squares about the mean."""
+        return (self.sxx - self.sx * self.sx / self.n).clamp_min(0.0)
+
+    def m2_y(self) -> Float[Tensor, " b"]:
+        return (self.syy - self.sy * self.sy / self.n).clamp_min(0.0)
+
+    def dead_x(self) -> Bool[Tensor, " a"]:
+        return self.m2_x() <= 0
+
+    def dead_y(self) -> Bool[Tensor, " b"]:
+        return self.m2_y() <= 0
+
+    def comoment(self) -> Float[Tensor, "a k"]:
+        """``Σ (x - x̄)(y - ȳ)`` of every pair."""
+        return self.sxy - self.sx[:, None] * self.sy[self.cols] / self.n
+
+    def corr(self) -> Float[Tensor, "a k"]:
+        """Pearson correlation of every pair; NaN where either unit has zero variance."""
+        if self.n == 0:
+            return torch.full(tuple(self.cols.shape), torch.nan, dtype=torch.float64)
+        m2x, m2y = self.m2_x(), self.m2_y()[self.cols]
+        r = (self.comoment() / (m2x[:, None] * m2y).sqrt()).clamp_(-1.0, 1.0)
+        return r.masked_fill_((m2x <= 0)[:, None] | (m2y <= 0), torch.nan)
+
+    def standard_error(self) -> Float[Tensor, "a k"]:
+        """Batch-means standard error of every pair's correlation (NaN with < 2 blocks)."""
+        m = self.blocks
+        if m < 2 or self.n == 0:
+            return torch.full(tuple(self.cols.shape), torch.nan, dtype=torch.float64)
+        total = float(self.blocked_tokens)
+        mu = self.psi / total
+        ss = self.psi_sq - 2 * mu * self.psi_n + mu * mu * self.block_n_sq
+        lam = ss.clamp_min(0.0) / total * (m / (m - 1))
+        se = (lam / self.n).sqrt()
+        return se.masked_fill_(self.corr().isnan(), torch.nan)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Tensor]:
+        out = {name: getattr(self, name) for name in (*_STATE, *_SUMS)}
+        out["counts"] = torch.tensor(self._counts(), dtype=torch.int64)
+        return {k: v.detach().cpu().contiguous().clone() for k, v in out.items()}
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, Tensor], device: torch.device | str | None = None
+    ) -> PairMoments:
+        out = cls(*(state[name] for name in _STATE), device=device)
+        for name in _SUMS:
+            setattr(out, name, state[name].to(out.device, torch.float64).clone())
+        out._set_counts(state["counts"].tolist())
+        return out
+
+    def _counts(self) -> list[int]:
+        return [self.n, self.blocks, self.blocked_tokens, self.block_n_sq]
+
+    def _set_counts(self, counts: Sequence[int]) -> None:
+        self.n, self.blocks, self.blocked_tokens, self.block_n_sq = (int(v) for v in counts)
