@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 import tempfile
@@ -105,3 +106,18 @@ def build_sae(d_in: int, d_sae: int, hook: str, seed: int = 0, enc_bias: float |
         with torch.no_grad():
             sae.b_enc.fill_(enc_bias)
     return sae
+
+
+def permuted_copy(model, seed: int = 0):
+    """``model`` with the MLP neurons of every layer permuted (weights permuted consistently)."""
+    twin = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    perms = []
+    with torch.no_grad():
+        for block in twin.blocks:
+            perm = torch.randperm(block.mlp.W_in.shape[1], generator=g)
+            block.mlp.W_in.copy_(block.mlp.W_in[:, perm])
+            block.mlp.b_in.copy_(block.mlp.b_in[perm])
+            block.mlp.W_out.copy_(block.mlp.W_out[perm, :])
+            perms.append(perm)
+    return twin, perms

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 import tl_universality  # noqa: F401  (registers model.universality)
-from tests.helpers import build_model, random_tokens
+from tests.helpers import build_model, permuted_copy, random_tokens
 from tl_universality.analyses.correlation import (
     CorrelationResult,
     correlate,
@@ -107,21 +106,6 @@ def test_reference_against_two_others_matches_pairwise_runs(family, toks, acts, 
     torch.testing.assert_close(three.baseline_draws[0], two.baseline_draws[0], atol=1e-6, rtol=0)
     ref = oracle_corr(acts[0], acts[2])
     np.testing.assert_allclose(three.max_corr[1].numpy(), np.nanmax(ref, 1), atol=1e-6)
-
-
-def permuted_copy(model, seed: int = 0):
-    """``model`` with the MLP neurons of every layer permuted (weights permuted consistently)."""
-    twin = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    perms = []
-    with torch.no_grad():
-        for block in twin.blocks:
-            perm = torch.randperm(block.mlp.W_in.shape[1], generator=g)
-            block.mlp.W_in.copy_(block.mlp.W_in[:, perm])
-            block.mlp.b_in.copy_(block.mlp.b_in[perm])
-            block.mlp.W_out.copy_(block.mlp.W_out[perm, :])
-            perms.append(perm)
-    return twin, perms
 
 
 def test_permuted_copy_max_corr_is_one_and_argmax_recovers_the_permutation(family, toks):

@@ -3,31 +3,14 @@ structure."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
-from tests.helpers import build_model, random_tokens
+from tests.helpers import build_model, permuted_copy, random_tokens
 from tl_universality.analyses.correlation import CorrelationResult, correlate
 from tl_universality.core.errors import CheckpointMismatchError, InvalidArgumentError
 
 KW = dict(bos_token_id=0, progress=False, n_draws=1, batch_size=8, product_dtype="float64")
-
-
-def permuted_copy(model, seed: int = 0):
-    """The same function with every layer's MLP neurons permuted; returns (copy, perms)."""
-    other = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    perms = []
-    with torch.no_grad():
-        for block in other.blocks:
-            p = torch.randperm(block.mlp.W_in.shape[1], generator=g)
-            block.mlp.W_in.copy_(block.mlp.W_in[:, p])
-            block.mlp.b_in.copy_(block.mlp.b_in[p])
-            block.mlp.W_out.copy_(block.mlp.W_out[p, :])
-            perms.append(p)
-    return other, perms
 
 
 @pytest.fixture(scope="module")
