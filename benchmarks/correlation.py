@@ -9,12 +9,17 @@ On the same random models and token stream, in one process:
    the paper's code (one pass per model pair with per-layer-pair float32 block products added into
    float64 accumulators, then a second full pass over rotated activations for the baseline), for
    k = 3 and k = 5 models: wall time and ratio; both reach the same max-correlations (checked);
-3. peak memory of :func:`correlate` at 1x and 4x the tokens, each in a fresh subprocess.
+3. peak memory of :func:`correlate` at 1x and 4x the tokens, each in a fresh subprocess;
+4. at k = 5, reference-style vs exhaustive ``correlate`` vs screened ``correlate(...,
+   candidates=K)``, each in a fresh process: wall time, ratios, max |diff| of max_corr against
+   the exhaustive run (all units, certified units), universal-set agreement, certified share and
+   peak memory.
 
 Usage::
 
     python benchmarks/correlation.py                      # CPU, small models (~5 min on 2 cores)
     python benchmarks/correlation.py --device cuda --gpt2-small   # GPT-2-small-sized, on a GPU
+    python benchmarks/correlation.py --size wide --skip gemm,pipe,mem   # 4 x 2048 units, section 4
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 SIZES = {
     # GPT-2 proportions (d_mlp = 4 d_model), scaled down for a small CPU.
     "small": dict(n_layers=4, d_model=128, d_mlp=512, n_heads=4, d_head=32, d_vocab=2048),
+    # the issue's wider shape: 4 layers x 2048 neurons
+    "wide": dict(n_layers=4, d_model=512, d_mlp=2048, n_heads=8, d_head=64, d_vocab=2048),
     "gpt2-small": dict(n_layers=12, d_model=768, d_mlp=3072, n_heads=12, d_head=64, d_vocab=50257),
 }
 BOS = 0
@@ -292,6 +299,94 @@ def bench_memory(args, factors=(1, 4)) -> list:
     return table
 
 
+# -- 4. screened vs exhaustive vs reference-style ------------------------------------------------
+
+
+def _peak_reset():
+    """(RSS now, a function giving the peak since now); Linux clear_refs, else ru_maxrss."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status("VmRSS"), lambda: _status("VmHWM")
+    except OSError:
+        now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return now, lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def screened_child(args) -> None:
+    """One pipeline (args.screened_child) on k models in this fresh process: time, peak memory
+    and the per-model max-correlations, written to args.out (safetensors) and printed as JSON."""
+    from safetensors.torch import save_file
+
+    from tl_universality.analyses.correlation import correlate
+
+    k, method = args.k, args.screened_child
+    models = [build(args.size, seed, args.n_ctx, args.device) for seed in range(k)]
+    toks = make_tokens(args.n_seq, args.seq_len, SIZES[args.size]["d_vocab"])
+    kw = dict(batch_size=args.batch_size, device=args.device, n_draws=1, bos_token_id=BOS,
+              progress=False)  # fmt: skip
+    extra = dict(candidates=args.candidates, screen_tokens=args.screen_tokens)
+
+    def go(ms, t):
+        if method == "reference":
+            out = reference_style(ms, t, args.batch_size, args.device)
+            return {"max_corr": torch.stack([m for m, _ in out]).double(),
+                    "baseline": torch.stack([b for _, b in out]).double()}  # fmt: skip
+        r = correlate(ms[0], ms[1:], t, **kw, **(extra if method == "screened" else {}))
+        out = {"max_corr": r.max_corr, "baseline": r.baseline_max}
+        if r.certified is not None:
+            out["certified"] = r.certified.to(torch.uint8)
+        return out
+
+    go(models[:2], toks[:2])  # warm-up: BLAS, allocator
+    before, peak_of = _peak_reset()
+    wall, cpu, out = timed(lambda: go(models, toks), args.device)
+    peak = peak_of()
+    save_file({n: v.contiguous() for n, v in out.items()}, args.out)
+    print(json.dumps({"wall": wall, "cpu": cpu, "rss_before": before, "rss_peak": peak}))
+
+
+def bench_screened(args) -> list:
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in ("reference", "exhaustive", "screened"):
+            out = os.path.join(tmp, f"{method}.safetensors")
+            cmd = [
+                sys.executable, __file__, "--screened-child", method, "--out", out, "--k",
+                str(args.k), "--size", args.size, "--device", args.device, "--n-seq",
+                str(args.n_seq), "--seq-len", str(args.seq_len), "--batch-size",
+                str(args.batch_size), "--n-ctx", str(args.n_ctx), "--candidates",
+                str(args.candidates), "--screen-tokens", str(args.screen_tokens),
+            ] + (["--threads", str(args.threads)] if args.threads else [])  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+            runs[method] = (json.loads(done.stdout.strip().splitlines()[-1]), load_file(out))
+    ex = runs["exhaustive"][1]
+    cert = runs["screened"][1]["certified"].bool()
+
+    def universal(r):
+        return (r["max_corr"] - r["baseline"]).nanmean(0) > 0.5
+
+    table = []
+    for method, (m, r) in runs.items():
+        diff = (r["max_corr"] - ex["max_corr"]).abs().nan_to_num(0)
+        same = torch.equal(universal(r), universal(ex))
+        row = [
+            method, f"{m['wall']:.1f} s", f"{runs['reference'][0]['wall'] / m['wall']:.2f}x",
+            f"{runs['exhaustive'][0]['wall'] / m['wall']:.2f}x", f"{diff.max():.1e}",
+            f"{diff[cert].max():.1e}" if method == "screened" and cert.any() else "-",
+            f"{'same' if same else 'DIFFER'} ({int(universal(r).sum())})",
+            f"{cert.float().mean():.1%}" if method == "screened" else "-",
+            f"{(m['rss_peak'] - m['rss_before']) / 1e6:.0f} MB",
+        ]  # fmt: skip
+        table.append(row)
+    return table
+
+
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
     line = "  ".join("-" * w for w in widths)
@@ -306,14 +401,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--gpt2-small", action="store_true", help="GPT-2-small-sized models")
-    parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--size", default=None, choices=sorted(SIZES), help="model shape")
     parser.add_argument("--n-seq", type=int, default=None, help="sequences (tokens at 1x)")
     parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--n-ctx", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=5, help="timings per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: gemm,pipe,mem")
+    parser.add_argument(
+        "--skip", default="", help="comma list of sections to skip: gemm,pipe,mem,screened"
+    )
+    parser.add_argument("--k", type=int, default=5, help="models in the screened comparison")
+    parser.add_argument("--candidates", type=int, default=8, help="K of the screened mode")
+    parser.add_argument("--screen-tokens", type=int, default=None, help="screened stage 1")
+    parser.add_argument("--screened-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -325,8 +427,12 @@ def main() -> None:
     args.n_ctx = args.n_ctx or args.seq_len
     args.batch_size = args.batch_size or (16 if big else 32)
     args.n_seq = args.n_seq or (128 if big else 48)
+    args.screen_tokens = args.screen_tokens or args.n_seq * args.seq_len // 4
     if args.memory_child:
         memory_child(args)
+        return
+    if args.screened_child:
+        screened_child(args)
         return
 
     cfg = SIZES[args.size]
@@ -373,6 +479,15 @@ def main() -> None:
             header,
             bench_memory(args),
         )
+    if "screened" not in skip:
+        print_table(
+            f"4. Reference-style vs exhaustive vs screened (candidates={args.candidates},"
+            f" screen_tokens={args.screen_tokens}), k={args.k}, rotation baseline, 1 draw; fresh"
+            " process each; diffs against exhaustive",
+            ["pipeline", "wall", "vs reference", "vs exhaustive", "max |diff| max_corr",
+             "certified units", "universal set", "certified", "peak - before"],
+            bench_screened(args),
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def test_permuted_copy_is_recovered_and_every_unit_certified(family, tokens) -> 
 def test_certified_units_equal_exhaustive(screened, exhaustive) -> None:
     cert = screened.certified
     assert screened.n_tokens == exhaustive.n_tokens
-    assert cert.float().mean() > 0.3, "the test needs certified units to say anything"
+    assert cert.float().mean() > 0.2, "the test needs certified units to say anything"
     diff = (screened.max_corr - exhaustive.max_corr).abs()
     assert diff[cert].max() < 1e-9
     assert torch.equal(screened.argmax[cert], exhaustive.argmax[cert])

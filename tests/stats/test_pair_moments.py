@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tl_universality.stats.pair_moments import PairMoments
+from tl_universality.stats.pair_moments import PairMoments, Sequences, sequence_chunks
 
 F64 = torch.float64
 
@@ -65,8 +65,20 @@ def test_gathered_products_equal_sampled_products() -> None:
     pm = PairMoments.fresh(cols, n_b=6)
     xs, ys = x.view(3, 40, 4), y.view(3, 40, 6)
     want = torch.einsum("sta,stb->sab", xs, ys).gather(2, cols.expand(3, -1, -1))
-    assert torch.allclose(pm._pair_products(xs, ys), want, atol=1e-12)
+    lens = torch.full((3,), 40)
+    got = pm._pair_products(Sequences(xs, lens), Sequences(ys, lens))
+    assert torch.allclose(got, want, atol=1e-12)
     assert torch.allclose(pm._gathered_products(xs, ys), want, atol=1e-12)
+    # shared chunks (one float64 copy per model) give what update gives
+    shared = PairMoments.fresh(cols, n_b=6)
+    for cx, cy in zip(
+        sequence_chunks(x, [40] * 3, shared.shift_x),
+        sequence_chunks(y, [40] * 3, shared.shift_y),
+        strict=True,
+    ):
+        shared.add(cx, cy)
+    pm.update(x, y, lengths=[40] * 3)
+    assert torch.equal(shared.corr(), pm.corr())
 
 
 def test_reduce_across_two_parts_equals_one_stream() -> None:

@@ -152,75 +152,62 @@ class PairMoments:
         lengths: Sequence[int] | None = None,
     ) -> PairMoments:
         """Add one batch (in place); ``lengths`` are the tokens of each sequence in ``x``'s rows
-        (default: one sequence), each a block of the standard errors. Returns ``self``."""
-        n_tok = x.shape[0]
-        lengths = [n_tok] if lengths is None else [int(v) for v in lengths]
-        if sum(lengths) != n_tok or y.shape[0] != n_tok:
-            raise ValueError(f"lengths sum to {sum(lengths)}, x has {n_tok}, y {y.shape[0]} rows")
-        if x.shape[1] != self.cols.shape[0] or y.shape[1] != self.shift_y.shape[0]:
-            raise ValueError(
-                f"x has {x.shape[1]} units (want {self.cols.shape[0]}), y {y.shape[1]}"
-                f" (want {self.shift_y.shape[0]})"
-            )
-        lengths = [v for v in lengths if v > 0]
-        if not lengths:
-            return self
-        per = max(1, CHUNK_ELEMENTS // max(1, max(lengths) * (x.shape[1] + y.shape[1])))
-        start = 0
-        for c in range(0, len(lengths), per):
-            part = lengths[c : c + per]
-            stop = start + sum(part)
-            self._add_sequences(x[start:stop], y[start:stop], part)
-            start = stop
+        (default: one sequence), each a block of the standard errors. Returns ``self``.
+
+        With several :class:`PairMoments` on the same activations, :func:`sequence_chunks` and
+        :meth:`add` share the float64 copies instead.
+        """
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+        xs = sequence_chunks(x, lengths, self.shift_x, y.shape[1])
+        ys = sequence_chunks(y, lengths, self.shift_y, x.shape[1])
+        for cx, cy in zip(xs, ys, strict=True):
+            self.add(cx, cy)
         return self
 
-    def _add_sequences(self, x: Tensor, y: Tensor, lengths: list[int]) -> None:
-        dev, f64 = self.device, torch.float64
-        s, width = len(lengths), max(lengths)
-        lens = torch.tensor(lengths, device=dev)
-        mask = torch.arange(width, device=dev)[None, :] < lens[:, None]  # [s, width]
-        # Padded [s, width, units] float64 copies, centred about the shift; padding is 0 and
-        # adds nothing to any sum.
-        xs = torch.zeros(s, width, x.shape[1], dtype=f64, device=dev)
-        ys = torch.zeros(s, width, y.shape[1], dtype=f64, device=dev)
-        xs[mask] = x.to(dev, f64) - self.shift_x
-        ys[mask] = y.to(dev, f64) - self.shift_y
-        sx_b, sy_b = xs.sum(1), ys.sum(1)  # [s, a], [s, b]
-        qx_b, qy_b = (xs * xs).sum(1), (ys * ys).sum(1)
-        p_b = self._pair_products(xs, ys)  # [s, a, k]
+    def add(self, x: Sequences, y: Sequences) -> PairMoments:
+        """Add one chunk of sequences: ``x`` centred about ``shift_x``, ``y`` about ``shift_y``."""
+        if x.n_units != self.cols.shape[0] or y.n_units != self.shift_y.shape[0]:
+            raise ValueError(
+                f"x has {x.n_units} units (want {self.cols.shape[0]}), y {y.n_units}"
+                f" (want {self.shift_y.shape[0]})"
+            )
+        if not torch.equal(x.lengths, y.lengths):
+            raise ValueError("x and y must hold the same sequences")
+        f64 = torch.float64
+        lens = x.lengths.to(self.device)
+        p_b = self._pair_products(x, y)  # [s, a, k]
         self.n += int(lens.sum())
-        self.sx += sx_b.sum(0)
-        self.sy += sy_b.sum(0)
-        self.sxx += qx_b.sum(0)
-        self.syy += qy_b.sum(0)
+        self.sx += x.sums.sum(0)
+        self.sy += y.sums.sum(0)
+        self.sxx += x.squares.sum(0)
+        self.syy += y.squares.sum(0)
         self.sxy += p_b.sum(0)
         # Ψ_b of each pair at the pilot: Σ x̃ỹ - r₀/2 (Σ x̃² + Σ ỹ²), x̃ = x'/scale.
         ix, iy = 1.0 / self.scale_x, 1.0 / self.scale_y
-        iy_c = iy[self.cols]
-        psi = p_b * (ix[:, None] * iy_c) - 0.5 * self.pilot * (
-            (qx_b * ix * ix)[:, :, None] + (qy_b * iy * iy)[:, self.cols]
+        psi = p_b * (ix[:, None] * iy[self.cols]) - 0.5 * self.pilot * (
+            (x.squares * ix * ix)[:, :, None] + (y.squares * iy * iy)[:, self.cols]
         )
         n_b = lens.to(f64)[:, None, None]
         self.psi += psi.sum(0)
         self.psi_sq += (psi * psi).sum(0)
         self.psi_n += (psi * n_b).sum(0)
-        self.blocks += s
+        self.blocks += int(lens.shape[0])
         self.blocked_tokens += int(lens.sum())
         self.block_n_sq += int((lens * lens).sum())
+        return self
 
-    def _pair_products(self, xs: Tensor, ys: Tensor) -> Float[Tensor, "s a k"]:
+    def _pair_products(self, x: Sequences, y: Sequences) -> Float[Tensor, "s a k"]:
         """Per sequence, ``Σ_t x'_{t,i} y'_{t,cols[i,k]}`` (float64 dot products)."""
-        s = xs.shape[0]
+        s = x.n_sequences
         a, k = self.cols.shape
-        xb = xs.transpose(1, 2).contiguous()  # [s, a, t]
-        yb = ys.transpose(1, 2).contiguous().transpose(1, 2)  # [s, t, b], column-major
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # sparse CSR "beta" notices
-                out = torch.sparse.sampled_addmm(self._pattern(s), xb, yb, beta=0.0)
+                out = torch.sparse.sampled_addmm(self._pattern(s), x.rows, y.columns, beta=0.0)
             return out.values().view(s, a, k).gather(2, self._inverse.expand(s, -1, -1))
         except (RuntimeError, NotImplementedError):  # no sampled product on this device
-            return self._gathered_products(xs, ys)
+            return self._gathered_products(x.padded, y.padded)
 
     def _gathered_products(self, xs: Tensor, ys: Tensor) -> Float[Tensor, "s a k"]:
         """The same products by gathering the wanted columns (more memory traffic)."""
@@ -331,3 +318,79 @@ class PairMoments:
 
     def _set_counts(self, counts: Sequence[int]) -> None:
         self.n, self.blocks, self.blocked_tokens, self.block_n_sq = (int(v) for v in counts)
+
+
+class Sequences:
+    """A chunk of whole sequences as padded ``[s, width, units]`` float64, centred about a shift
+    (padding is 0 and adds nothing), with the per-sequence sums the moments need."""
+
+    def __init__(self, padded: Float[Tensor, "s w u"], lengths: Int[Tensor, " s"]) -> None:
+        self.padded, self.lengths = padded, lengths
+        self.sums = padded.sum(1)  # [s, u]
+        self.squares = (padded * padded).sum(1)
+        self._rows: Tensor | None = None
+        self._columns: Tensor | None = None
+
+    @property
+    def n_sequences(self) -> int:
+        return int(self.padded.shape[0])
+
+    @property
+    def n_units(self) -> int:
+        return int(self.padded.shape[2])
+
+    @property
+    def rows(self) -> Float[Tensor, "s u w"]:
+        """``[s, units, width]`` contiguous: the row side of the sampled product."""
+        if self._rows is None:
+            self._rows = self.padded.transpose(1, 2).contiguous()
+        return self._rows
+
+    @property
+    def columns(self) -> Float[Tensor, "s w u"]:
+        """``[s, width, units]`` column-major: the column side of the sampled product."""
+        if self._columns is None:
+            self._columns = self.padded.transpose(1, 2).contiguous().transpose(1, 2)
+        return self._columns
+
+
+def sequence_chunks(
+    x: Float[Tensor, "tok u"],
+    lengths: Sequence[int] | None,
+    shift: Float[Tensor, " u"],
+    other_units: int = 0,
+) -> list[Sequences]:
+    """``x`` (rows = the tokens of consecutive sequences of ``lengths``) centred about ``shift``
+    in float64, cut into chunks of whole sequences that keep the copies of ``x`` and of a
+    partner with ``other_units`` units under :data:`CHUNK_ELEMENTS` each. Empty sequences are
+    dropped.
+    """
+    n_tok = x.shape[0]
+    lengths = [n_tok] if lengths is None else [int(v) for v in lengths]
+    if sum(lengths) != n_tok:
+        raise ValueError(f"lengths sum to {sum(lengths)} but x has {n_tok} rows")
+    dev = shift.device
+    units = x.shape[1]
+    starts = [0]
+    for v in lengths:
+        starts.append(starts[-1] + v)
+    kept = [(s0, v) for s0, v in zip(starts, lengths, strict=False) if v > 0]
+    if not kept:
+        return []
+    width = max(v for _, v in kept)
+    per = max(1, CHUNK_ELEMENTS // max(1, width * max(units, other_units)))
+    out = []
+    for c in range(0, len(kept), per):
+        part = kept[c : c + per]
+        lens = torch.tensor([v for _, v in part], device=dev)
+        w = int(lens.max())
+        lo, hi = part[0][0], part[-1][0] + part[-1][1]
+        centred = x[lo:hi].to(dev, torch.float64) - shift
+        if int(lens.min()) == w:  # equal lengths (the usual case): no padding needed
+            padded = centred.view(len(part), w, units)
+        else:
+            mask = torch.arange(w, device=dev)[None, :] < lens[:, None]
+            padded = torch.zeros(len(part), w, units, dtype=torch.float64, device=dev)
+            padded[mask] = centred
+        out.append(Sequences(padded, lens))
+    return out

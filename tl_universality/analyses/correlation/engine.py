@@ -155,7 +155,7 @@ def correlate(
             then every token updates exact float64 statistics of those pairs alone. The result
             has standard errors and a certificate per unit. Default None: exhaustive.
         screen_tokens: Tokens of the screening stage (default: a quarter of the stream when its
-            size is known, at most 2**20; whole batches).
+            size is known, at most 2**20; whole sequences).
         certificate_sigmas: A unit is certified when its exact max-correlation exceeds the
             screening value of its best non-candidate by this many standard errors.
         tol: With ``candidates``, stop early once every max-correlation's standard error is

@@ -1,7 +1,7 @@
 """Screened exact correlation: ``correlate(..., candidates=K)`` (docs/concepts.md, "Screened
 exact correlation").
 
-Stage 1 runs the exhaustive statistics on the first ``screen_tokens`` tokens (whole batches) and
+Stage 1 runs the exhaustive statistics on the first ``screen_tokens`` tokens (whole sequences) and
 keeps, per reference unit and other model, the K most correlated and the K most anti-correlated
 units: the candidates. Stage 2 streams every later token and accumulates exact float64 statistics
 of those pairs only (:class:`~tl_universality.stats.pair_moments.PairMoments`, seeded with the
@@ -52,7 +52,7 @@ from tl_universality.analyses.correlation.run import CorrelationProgress, Correl
 from tl_universality.core.errors import InvalidArgumentError
 from tl_universality.core.saving import open_saved, remove_leftovers, save_folder
 from tl_universality.data.tokens.sources import TokenSource
-from tl_universality.stats.pair_moments import PairMoments
+from tl_universality.stats.pair_moments import PairMoments, sequence_chunks
 from tl_universality.units.activations import stream_activations
 from tl_universality.units.specs import PerModel
 
@@ -66,51 +66,40 @@ UNIVERSAL_THRESHOLD = 0.5  # the paper's, used by the early stop
 
 
 class Remainder(TokenSource):
-    """The sequences of ``source`` after its first ``skip_batches`` batches of ``batch_size``.
+    """The sequences of ``source`` after its first ``skip`` sequences.
 
     Examples:
         >>> from tl_universality.data.tokens import TensorTokenSource
         >>> ids = torch.stack([torch.zeros(7, dtype=torch.long), torch.arange(7)], 1)
-        >>> rest = Remainder(TensorTokenSource(ids, 0), batch_size=2, skip_batches=2)
+        >>> rest = Remainder(TensorTokenSource(ids, 0), skip=3)
         >>> [b[:, 1].tolist() for b in rest.batches(2)], rest.n_sequences
-        ([[4, 5], [6]], 3)
+        ([[3, 4], [5, 6]], 4)
     """
 
-    def __init__(self, source: TokenSource, batch_size: int, skip_batches: int) -> None:
+    def __init__(self, source: TokenSource, skip: int) -> None:
         super().__init__(source.seq_len, source.bos_token_id, f"{source.name} [after screening]")
-        self.inner, self.batch_size, self.skip = source, int(batch_size), int(skip_batches)
-
-    def batches(self, batch_size: int) -> Iterator[Int[Tensor, "batch seq"]]:
-        if batch_size != self.batch_size:
-            raise ValueError(
-                f"{self.name} is cut in batches of {self.batch_size}, not {batch_size}."
-            )
-        for k, batch in enumerate(self.inner.batches(self.batch_size)):
-            if k >= self.skip:
-                yield batch
+        self.inner, self.skip = source, int(skip)
 
     def sequences(self) -> Iterator[Int[Tensor, " seq"]]:
-        for batch in self.batches(self.batch_size):
-            yield from batch
+        for k, seq in enumerate(self.inner.sequences()):
+            if k >= self.skip:
+                yield seq
 
     @property
     def n_sequences(self) -> int | None:
         total = self.inner.n_sequences
-        return None if total is None else max(0, total - self.skip * self.batch_size)
+        return None if total is None else max(0, total - self.skip)
 
 
-def screen_batches(cfg: CorrelationConfig, source: TokenSource) -> int:
-    """Batches of the screening stage: ``screen_tokens`` (default a quarter of a stream of known
-    size, at most :data:`SCREEN_TOKENS`) rounded up to whole batches, at least one."""
+def screen_sequences(cfg: CorrelationConfig, source: TokenSource) -> int:
+    """Sequences of the screening stage: ``screen_tokens`` (default a quarter of a stream of
+    known size, at most :data:`SCREEN_TOKENS`) in whole sequences, at least one."""
     total = source.n_sequences
     want = cfg.screen_tokens
     if want is None:
         want = SCREEN_TOKENS if total is None else min(SCREEN_TOKENS, total * source.seq_len // 4)
     n_seq = max(1, math.ceil(want / source.seq_len))
-    n_batches = math.ceil(n_seq / cfg.batch_size)
-    if total is not None:
-        n_batches = min(n_batches, math.ceil(total / cfg.batch_size))
-    return max(1, n_batches)
+    return n_seq if total is None else min(n_seq, total)
 
 
 def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
@@ -124,8 +113,8 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
         )
     stream = setup.stream
     whole = stream.limit(cfg.max_tokens) if cfg.max_tokens is not None else stream
-    n1_batches = screen_batches(cfg, whole)
-    n1_tokens = n1_batches * cfg.batch_size * whole.seq_len
+    n1_seq = screen_sequences(cfg, whole)
+    n1_tokens = n1_seq * whole.seq_len
     cfg1 = cfg.replace(
         candidates=None, screen_tokens=None, tol=None, top_k=k + 1,
         max_tokens=n1_tokens if cfg.max_tokens is None else min(n1_tokens, cfg.max_tokens),
@@ -135,7 +124,7 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
     pairs_dir = mine / "pairs" if mine is not None else None
     settings = cfg.to_dict()
     settings.pop("checkpoint_every")  # checkpoint spacing may change between runs
-    fingerprint = {"settings": settings, "screen_batches": n1_batches, **_models_print(setup)}
+    fingerprint = {"settings": settings, "screen_sequences": n1_seq, **_models_print(setup)}
 
     loaded = _load(pairs_dir)
     if loaded is not None:
@@ -143,8 +132,8 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
         check_fingerprint(pairs_dir, meta["fingerprint"], fingerprint)
         screen = Screened.from_state(state, meta, setup.device)
         verify_prefix(
-            pairs_dir, whole, cfg.batch_size, list(meta["screen_digests"]),
-            n1_batches * cfg.batch_size,
+            pairs_dir, whole.limit(n1_tokens), cfg.batch_size, list(meta["screen_digests"]),
+            n1_seq,
         )  # fmt: skip
     else:
         stage1 = Setup(
@@ -164,7 +153,7 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
             "complete": False,
             "stopped_early": False,
         }
-    return _stage2(setup, cfg, screen, meta, whole, n1_batches, pairs_dir)
+    return _stage2(setup, cfg, screen, meta, Remainder(whole, n1_seq), pairs_dir)
 
 
 def _models_print(setup: Setup) -> dict[str, Any]:
@@ -246,6 +235,25 @@ class Screened:
             out.rival[(r, c)], out.base[(r, c)] = state[f"rival.{r}.{c}"], state[f"base.{r}.{c}"]
         return out
 
+    def shifts(self) -> dict[int, Tensor]:
+        """The shift of every model's units (the same in every direction it takes part in)."""
+        out = {}
+        for (r, c), pm in self.pairs.items():
+            out.setdefault(r, pm.shift_x)
+            out.setdefault(c, pm.shift_y)
+        return out
+
+    def add(self, acts: list[Tensor], lengths: list[int]) -> None:
+        """One batch: each model's float64 copy is made once and serves every direction."""
+        shifts = self.shifts()
+        widest = max(acts[m].shape[1] for m in shifts)
+        chunks = {
+            m: sequence_chunks(acts[m], lengths, shift, widest) for m, shift in shifts.items()
+        }
+        for (r, c), pm in self.pairs.items():
+            for x, y in zip(chunks[r], chunks[c], strict=True):
+                pm.add(x, y)
+
     # -- the numbers ---------------------------------------------------------------------------
 
     def reduce(self, key: tuple[int, int], top_k: int, sigmas: float) -> dict[str, Tensor]:
@@ -288,9 +296,8 @@ class Screened:
 # -- stage 2 --------------------------------------------------------------------------------------
 
 
-def _stage2(setup, cfg, screen: Screened, meta, whole, n1_batches: int, pairs_dir):
+def _stage2(setup, cfg, screen: Screened, meta, rest: TokenSource, pairs_dir):
     shard = current_shard()
-    rest: TokenSource = Remainder(whole, cfg.batch_size, n1_batches)
     if shard.distributed:
         rest = ShardedSource(rest, cfg.batch_size, shard)
     exclude = list(cfg.exclude_token_ids) if cfg.exclude_token_ids is not None else None
@@ -329,9 +336,7 @@ def _stage2(setup, cfg, screen: Screened, meta, whole, n1_batches: int, pairs_di
                     raise token_mismatch(pairs_dir, index, cfg.batch_size)
                 if index >= len(digests):
                     digests.append(digest)
-                lengths = batch.keep.sum(1).tolist()
-                for (r, c), pm in screen.pairs.items():
-                    pm.update(batch.acts[r], batch.acts[c], lengths)
+                screen.add(batch.acts, batch.keep.sum(1).tolist())
                 sequences += batch.tokens.shape[0]
                 since += batch.tokens.numel()
                 saved = pairs_dir is not None and since >= cfg.checkpoint_every
@@ -339,7 +344,7 @@ def _stage2(setup, cfg, screen: Screened, meta, whole, n1_batches: int, pairs_di
                     checkpoint()
                     since = 0
                 if setup.callback is not None:
-                    n_tok = sequences * whole.seq_len
+                    n_tok = sequences * rest.seq_len
                     setup.callback(CorrelationProgress(1, 2, sequences, n_tok, saved))
                 if cfg.tol is not None:
                     previous, stop = _stable(screen, cfg, previous)
@@ -394,7 +399,7 @@ def _results(setup: Setup, cfg, screen: Screened, meta: dict[str, Any]):
         **meta["config"],
         "n_tokens_used": n_tokens,
         "stopped_early": bool(meta["stopped_early"]),
-        "screen_batches": meta["fingerprint"]["screen_batches"],
+        "screen_sequences": meta["fingerprint"]["screen_sequences"],
     }
     refs = sorted({r for r, _ in screen.pairs})
     out = []
