@@ -328,6 +328,13 @@ def screened_child(args) -> None:
     extra = dict(candidates=args.candidates, screen_tokens=args.screen_tokens)
 
     def go(ms, t):
+        if method == "forward":  # the floor of every pipeline: each model runs once per token
+            from tl_universality.units.activations import stream_activations
+
+            for _ in stream_activations(ms, t, batch_size=args.batch_size, device=args.device,
+                                        bos_token_id=BOS, progress=False):  # fmt: skip
+                pass
+            return {"max_corr": torch.zeros(1), "baseline": torch.zeros(1)}
         if method == "reference":
             out = reference_style(ms, t, args.batch_size, args.device)
             return {"max_corr": torch.stack([m for m, _ in out]).double(),
@@ -354,7 +361,7 @@ def bench_screened(args) -> list:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for method in ("reference", "exhaustive", "screened"):
+        for method in ("forward", "reference", "exhaustive", "screened"):
             out = os.path.join(tmp, f"{method}.safetensors")
             cmd = [
                 sys.executable, __file__, "--screened-child", method, "--out", out, "--k",
@@ -373,6 +380,11 @@ def bench_screened(args) -> list:
 
     table = []
     for method, (m, r) in runs.items():
+        if method == "forward":
+            ratios = [f"{runs[b][0]['wall'] / m['wall']:.2f}x" for b in ("reference", "exhaustive")]
+            table.append(["forward passes only", f"{m['wall']:.1f} s", *ratios, "-", "-", "-",
+                          "-", f"{(m['rss_peak'] - m['rss_before']) / 1e6:.0f} MB"])  # fmt: skip
+            continue
         diff = (r["max_corr"] - ex["max_corr"]).abs().nan_to_num(0)
         same = torch.equal(universal(r), universal(ex))
         row = [

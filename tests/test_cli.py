@@ -142,6 +142,8 @@ def one_error_line(capsys) -> str:
          "argument MODELS: unknown value 'gpt2-smal'. Did you mean 'gpt2-small'"),
         (["correlate", "--family", "tiny", "--units", "mlp.hook_psot", "--max-tokens", "300"],
          "did you mean 'blocks.0.mlp.hook_post'"),
+        (["correlate", "--family", "tiny", "--tol", "0.01", "--max-tokens", "300"],
+         "tol=0.01 only applies to the screened mode"),
     ],
 )  # fmt: skip
 def test_usage_errors_are_one_line_with_exit_code_2(argv, expected, capsys, tmp_path, tiny_family):
@@ -149,6 +151,16 @@ def test_usage_errors_are_one_line_with_exit_code_2(argv, expected, capsys, tmp_
     line = one_error_line(capsys)
     assert expected in line
     assert any(hint in line.lower() for hint in ("fix:", "did you mean", "is now"))
+
+
+def test_screened_correlate_prints_certified_units(tmp_path, capsys, tiny_family):
+    argv = ["correlate", "--family", "tiny", "--out", str(tmp_path), "--quiet", "--max-tokens",
+            "4000", "--candidates", "4", "--screen-tokens", "1000"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    result = CorrelationResult.load(tmp_path / report.CORRELATION_DIR)
+    assert result.certified is not None and result.config["candidates"] == 4
+    assert f"screened: {result.n_certified} of" in printed
 
 
 def test_missing_input_folders_are_errors(capsys, tmp_path, tiny_family):

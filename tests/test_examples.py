@@ -44,3 +44,12 @@ def test_device_defaults_to_cuda_only_when_available(monkeypatch):
     assert environment.default_device() == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert environment.default_device() == "cuda"
+
+
+def test_screened_example_runs_offline(tiny_family):
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(EXAMPLES / "screened_correlation.py"), "--max-tokens", "20000",
+           "--candidates", "4", "--tol", "0.05"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "certified:" in proc.stdout and "universal sets agree: True" in proc.stdout

@@ -173,9 +173,16 @@ def cmd_correlate(args: argparse.Namespace) -> int:
         models[0], models[1:], tokens, units=args.units, batch_size=args.batch_size,
         max_tokens=args.max_tokens, device=args.device, memory_budget=budget,
         checkpoint_dir=args.checkpoint_dir, progress=not args.quiet,
+        candidates=args.candidates, screen_tokens=args.screen_tokens, tol=args.tol,
     )  # fmt: skip
     if shard.rank != 0:
         return 0  # every rank holds the same result
+    if result.certified is not None:
+        stopped = " (stopped early: stable within --tol)" if result.config["stopped_early"] else ""
+        print(
+            f"screened: {result.n_certified} of {int((~result.dead).sum())} live units certified,"
+            f" {result.n_tokens} tokens{stopped}"
+        )
     prints = result.config["model_weights"]  # as correlate hashed them; joins check the first
     out = _out(args) / report.CORRELATION_DIR
     result.save(out)

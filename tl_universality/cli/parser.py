@@ -154,6 +154,20 @@ def _correlate(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--memory-budget", default=None, help="e.g. 8GB: tile the statistics to fit")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint here and resume from it")
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="screened exact mode: keep this many most (and least) correlated units per unit"
+        " from a screening stage, then stream exact statistics of those pairs only",
+    )
+    p.add_argument("--screen-tokens", type=int, default=None, help="tokens of the screening stage")
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="with --candidates: stop once every max-correlation is stable within this",
+    )
 
 
 def _stats(p: argparse.ArgumentParser) -> None:
