@@ -41,7 +41,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 SIZES = {
     # GPT-2 proportions (d_mlp = 4 d_model), scaled down for a small CPU.
     "small": dict(n_layers=4, d_model=128, d_mlp=512, n_heads=4, d_head=32, d_vocab=2048),
-    # the wider shape: 4 layers x 2048 neurons
+    "tiny": dict(n_layers=2, d_model=32, d_mlp=128, n_heads=2, d_head=16, d_vocab=256),  # smoke
+    # the wider shape: 4 layers x 2048 neurons
     "wide": dict(n_layers=4, d_model=512, d_mlp=2048, n_heads=8, d_head=64, d_vocab=2048),
     "gpt2-small": dict(n_layers=12, d_model=768, d_mlp=3072, n_heads=12, d_head=64, d_vocab=50257),
 }

@@ -1,5 +1,6 @@
 """The GPU check in one command (docs/scaling.md, "GPU"): accuracy against the CPU float64
-oracle, the cross-moment update's share of a bare GEMM, and the 2-process NCCL merge.
+oracle, the cross-moment update's share of a bare GEMM, exhaustive vs screened ``correlate`` on
+GPT-2-small-shaped random models (k = 5), and the 2-process NCCL merge.
 
 Usage::
 
@@ -84,6 +85,61 @@ def throughput(device: torch.device, shape: dict) -> dict[str, float]:
     return out
 
 
+def pipelines(device: torch.device, smoke: bool) -> dict[str, float]:
+    """k = 5 GPT-2-small-shaped random models (12 x 3072 neurons; tiny on the CPU smoke): the
+    forward passes alone, exhaustive ``correlate`` and screened ``correlate(candidates=8)`` on
+    the same tokens: seconds, peak memory, certified share, max |diff| on certified units."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from correlation import build, make_tokens
+
+    from tl_universality.analyses.correlation import correlate
+    from tl_universality.units.activations import stream_activations
+
+    size, n_seq, seq_len = ("tiny", 16, 32) if smoke else ("gpt2-small", 16, 256)
+    dev = str(device)
+    models = [build(size, seed, seq_len, dev) for seed in range(5)]
+    toks = make_tokens(n_seq, seq_len, models[0].cfg.d_vocab)
+    kw = dict(batch_size=8, device=dev, n_draws=1, bos_token_id=0, progress=False)
+
+    def peak_reset() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak() -> float:
+        return torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else 0.0
+
+    def forward() -> None:
+        for _ in stream_activations(models, toks, batch_size=8, device=dev, bos_token_id=0,
+                                    progress=False):  # fmt: skip
+            pass
+
+    out: dict[str, float] = {}
+    correlate(models[0], models[1], toks[:2], **kw)  # warm-up
+    for name, fn in (
+        ("forward", forward),
+        ("exhaustive", lambda: correlate(models[0], models[1:], toks, **kw)),
+        ("screened", lambda: correlate(models[0], models[1:], toks, candidates=8, **kw)),
+    ):
+        peak_reset()
+        start = time.perf_counter()
+        result = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out[f"{name}_s"] = time.perf_counter() - start
+        out[f"{name}_peak_gb"] = peak()
+        out[f"{name}_result"] = result  # type: ignore[assignment]
+    ex, sc = out.pop("exhaustive_result"), out.pop("screened_result")
+    out.pop("forward_result")
+    cert = sc.certified
+    out["screened_speedup"] = out["exhaustive_s"] / out["screened_s"]
+    out["certified_share"] = float(cert.float().mean())
+    diff = (sc.max_corr - ex.max_corr).abs()
+    out["certified_max_diff"] = float(diff[cert].max()) if bool(cert.any()) else float("nan")
+    out["tokens"] = float(ex.n_tokens)
+    return out
+
+
 def nccl_merge(folder: Path) -> dict[str, object]:
     """The 2-process distributed test, with NCCL, when there are 2 GPUs."""
     if torch.cuda.device_count() < 2:
@@ -102,7 +158,7 @@ def nccl_merge(folder: Path) -> dict[str, object]:
 
 def markdown(report: dict) -> str:
     lines = [f"# GPU check ({report['device']})", "", "| check | value |", "|---|---|"]
-    for group in ("accuracy", "throughput"):
+    for group in ("accuracy", "throughput", "pipelines"):
         for key, value in report[group].items():
             lines.append(f"| {group}: {key} | {value:.3g} |")
     lines.append(f"| nccl merge | {json.dumps(report['nccl_merge'])[:200]} |")
@@ -128,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "shape": shape,
         "accuracy": accuracy(device, shape),
         "throughput": throughput(device, shape),
+        "pipelines": pipelines(device, args.cpu_smoke),
         "nccl_merge": {"skipped": "cpu smoke"} if args.cpu_smoke else nccl_merge(args.out),
     }
     report["seconds"] = time.perf_counter() - start

@@ -26,6 +26,9 @@ def test_cpu_smoke_writes_json_and_markdown(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["accuracy"]["float32"] < 1e-6
     assert "| check | value |" in (tmp_path / "gpu_check.md").read_text()
+    pipes = report["pipelines"]
+    assert pipes["exhaustive_s"] > 0 and pipes["screened_s"] > 0 and pipes["forward_s"] > 0
+    assert 0.0 <= pipes["certified_share"] <= 1.0
 
 
 def test_without_cuda_one_clear_line(tmp_path: Path) -> None:
