@@ -150,3 +150,14 @@ def test_bad_settings_are_refused(family, tokens) -> None:
         correlate(family[0], family[1], tokens, candidates=70, **KW)
     with pytest.raises(InvalidArgumentError, match="tol"):
         correlate(family[0], family[1], tokens, candidates=3, tol=0.0, **KW)
+
+
+def test_a_screen_covering_the_stream_is_the_exhaustive_run(family) -> None:
+    toks = random_tokens(24, 32, seed=8)
+    ex = correlate(family[0], family[1:], toks, **KW)
+    sc = correlate(family[0], family[1:], toks, candidates=6, screen_tokens=10**6, **KW)
+    live = ~sc.max_corr.isnan()
+    assert sc.certified[live].all()
+    assert (sc.max_corr - ex.max_corr).nan_to_num(0).abs().max() < 1e-12
+    assert torch.equal(sc.argmax[live], ex.argmax[live])
+    assert sc.max_corr_se[live].isnan().all()  # no second stage: no blocks to estimate from
