@@ -161,3 +161,33 @@ def test_a_screen_covering_the_stream_is_the_exhaustive_run(family) -> None:
     assert (sc.max_corr - ex.max_corr).nan_to_num(0).abs().max() < 1e-12
     assert torch.equal(sc.argmax[live], ex.argmax[live])
     assert sc.max_corr_se[live].isnan().all()  # no second stage: no blocks to estimate from
+
+
+def test_two_gloo_ranks_equal_one_process(tmp_path) -> None:
+    """The screening stage is data-parallel, and so is the exact stage (sums additive about the
+    screening shift); every rank returns the single-process result."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.analyses import screened_worker as worker
+
+    root = Path(__file__).resolve().parents[2]
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    script = root / "tests" / "analyses" / "screened_worker.py"
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    want = worker.run(worker.family())
+    for name in ("rank0", "rank1", "ckpt.rank0", "ckpt.rank1"):
+        got = CorrelationResult.load(tmp_path / name)
+        assert got.config["world_size"] == 2 and got.n_tokens == want.n_tokens
+        for field in ("max_corr", "min_corr", "top_corr", "max_corr_se", "baseline_draws"):
+            g, w = getattr(got, field), getattr(want, field)
+            assert torch.equal(g.isnan(), w.isnan()), field
+            assert (g - w).nan_to_num(0).abs().max() < 1e-12, (name, field)
+        assert torch.equal(got.certified, want.certified)
