@@ -27,6 +27,7 @@ CASES = {
     "tiled": dict(product_dtype="float64", memory_budget="600KB"),
     # tile-parallel: 2 passes of 2 bins, rotation baseline (each rank needs its tiles' grams)
     "tiles": dict(product_dtype="float64", parallel="tiles", memory_budget="600KB"),
+    "tiles_float32": dict(product_dtype="float32", parallel="tiles", memory_budget="600KB"),
     # no budget: the tiles spread over the ranks in one pass; all pairs need side A's grams too
     "tiles_pairs": dict(product_dtype="float64", parallel="tiles", all_pairs=True),
     "tiles_matrix": dict(
@@ -99,10 +100,12 @@ def kill(out: Path, rank: int) -> None:
 
 def resume(out: Path, rank: int) -> None:
     """The killed run again, from its checkpoints as the kill left them ("killed"), and with
-    rank 1's checkpoint a pass behind rank 0's ("behind")."""
+    rank 1's checkpoint a pass behind rank 0's ("behind"); then that again, from the complete
+    checkpoints the resumed run left ("behind_again")."""
     models = family()
-    for name in ("killed", "behind"):
-        save(run(models, KILLED, checkpoint_dir=out / name, checkpoint_every=1), out, name, rank)
+    for name, folder in (("killed", "killed"), ("behind", "behind"), ("behind_again", "behind")):
+        result = run(models, KILLED, checkpoint_dir=out / folder, checkpoint_every=1)
+        save(result, out, name, rank)
 
 
 def main(out: Path, mode: str) -> None:

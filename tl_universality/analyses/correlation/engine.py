@@ -281,7 +281,8 @@ def correlate(
                     file=sys.stderr,
                 )
     if folder is not None and by_tokens and align_passes(run):
-        resumed_complete = False  # this rank's checkpoint was a pass behind the others'
+        # This rank's checkpoint was a pass behind the others': the first pass read its shard.
+        resumed_complete, seen_total = False, source.n_sequences or seen_total
 
     def checkpoint(complete: bool = False, stream_end: bool = False) -> None:
         if folder is None:
