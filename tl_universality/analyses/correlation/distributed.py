@@ -215,13 +215,12 @@ def _broadcast(t: Tensor, src: int) -> Tensor:
 
 
 def _all_reduce(t: Tensor, op: str) -> Tensor:
-    """``t`` reduced over the ranks (a new tensor on ``t``'s device); gloo gets CPU tensors."""
+    """``t`` reduced over the ranks (a new tensor on ``t``'s device)."""
     dist = torch.distributed
     ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
-    on_cpu = dist.get_backend() == "gloo" and t.device.type != "cpu"
-    buf = t.detach().to("cpu" if on_cpu else t.device).contiguous().clone()
+    buf = t.detach().to(_comm_device(t)).contiguous().clone()
     dist.all_reduce(buf, op=ops[op])
-    return buf.to(t.device) if on_cpu else buf
+    return buf.to(t.device)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
