@@ -136,6 +136,8 @@ def one_error_line(capsys) -> str:
                                              " mean 'tiny'?"),
         (["correlate", "--family", "tiny", "--memory-budget", "abc"],
          "argument --memory-budget: 'abc' is not a size"),
+        (["correlate", "--family", "tiny", "--parallel", "tile"],
+         "argument --parallel: invalid choice: 'tile'"),
         (["stats", "--family", "tiny", "--tokens", "nope.txt"],
          "argument --tokens: no such file 'nope.txt'"),
         (["correlate", "gpt2-smal", "gpt2-small"],

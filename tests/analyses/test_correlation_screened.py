@@ -150,6 +150,8 @@ def test_bad_settings_are_refused(family, tokens) -> None:
         correlate(family[0], family[1], tokens, candidates=70, **KW)
     with pytest.raises(InvalidArgumentError, match="tol"):
         correlate(family[0], family[1], tokens, candidates=3, tol=0.0, **KW)
+    with pytest.raises(InvalidArgumentError, match="parallel='tiles' cannot be combined"):
+        correlate(family[0], family[1], tokens, candidates=3, parallel="tiles", **KW)
 
 
 def test_a_screen_covering_the_stream_is_the_exhaustive_run(family) -> None:

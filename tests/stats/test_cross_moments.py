@@ -132,6 +132,22 @@ def test_merge_of_halves_equals_whole_even_with_different_shifts():
     torch.testing.assert_close(more.corr(), again.corr(), atol=1e-10, rtol=0, equal_nan=True)
 
 
+def test_float32_batches_round_alike_whoever_reads_them():
+    # Batches dealt to two readers (as data-parallel ranks get them) then merged = one reader,
+    # to float64 rounding, with float32 products: each batch is centred about a value of its
+    # own, not about the reader's shift, which follows the batches it has read.
+    a, b = adversarial()
+    a, b = a.float(), b.float()
+    size = 250
+    whole = accumulate(a, b, [size] * 12)
+    parts = [CrossMoments(6, 5), CrossMoments(6, 5)]
+    for k, start in enumerate(range(0, a.shape[0], size)):
+        parts[k % 2].update(a[start : start + size], b[start : start + size])
+    merged = parts[0].merge(parts[1])
+    diff = (merged.corr() - whole.corr()).nan_to_num(0).abs().max().item()
+    assert diff <= 1e-12, diff
+
+
 def test_merge_rejects_different_unit_sets():
     with pytest.raises(ValueError, match="unit sets"):
         CrossMoments(2, 3).merge(CrossMoments(2, 4))

@@ -172,7 +172,7 @@ def cmd_correlate(args: argparse.Namespace) -> int:
     result = correlate(
         models[0], models[1:], tokens, units=args.units, batch_size=args.batch_size,
         max_tokens=args.max_tokens, device=args.device, memory_budget=budget,
-        checkpoint_dir=args.checkpoint_dir, progress=not args.quiet,
+        checkpoint_dir=args.checkpoint_dir, progress=not args.quiet, parallel=args.parallel,
         candidates=args.candidates, screen_tokens=args.screen_tokens, tol=args.tol,
     )  # fmt: skip
     if shard.rank != 0:
@@ -189,8 +189,9 @@ def cmd_correlate(args: argparse.Namespace) -> int:
     print(result.universal_share().to_string(index=False, float_format="{:.3f}".format))
     print(f"saved to {out}")
     settings = _settings(
-        args, models, prints, tokens, units=args.units, memory_budget=args.memory_budget
-    )
+        args, models, prints, tokens, units=args.units, memory_budget=args.memory_budget,
+        parallel=args.parallel,
+    )  # fmt: skip
     settings = RunSettings.from_dict({**settings.to_dict(), "baseline": result.baseline})
     settings.write(Path(args.out))
     _maybe_wandb(args, settings, {"correlation": result})

@@ -152,7 +152,16 @@ def _correlate(p: argparse.ArgumentParser) -> None:
         help="hook (or per-layer hook suffix) to correlate, e.g. mlp.hook_pre"
         " (default: MLP neurons, mlp.hook_post)",
     )
-    p.add_argument("--memory-budget", default=None, help="e.g. 8GB: tile the statistics to fit")
+    p.add_argument(
+        "--memory-budget", default=None, help="e.g. 8GB (per process): tile the statistics to fit"
+    )
+    p.add_argument(
+        "--parallel",
+        choices=("tokens", "tiles"),
+        default="tokens",
+        help="under torchrun: each rank reads a shard of the batches (tokens), or every batch for"
+        " its own tiles of the statistics (tiles: for pairs too large for one device)",
+    )
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint here and resume from it")
     p.add_argument(
         "--candidates",

@@ -6,6 +6,8 @@
 - :mod:`~tl_universality.analyses.correlation.run`: the run's statistics, reductions, checkpoints.
 - :mod:`~tl_universality.analyses.correlation.result`: :class:`CorrelationResult`.
 - :mod:`~tl_universality.analyses.correlation.engine`: :func:`correlate`, the entry point.
+- :mod:`~tl_universality.analyses.correlation.distributed`: ``torchrun`` runs, split by tokens
+  (data-parallel) or by tiles (tile-parallel), and their per-rank checkpoints.
 """
 
 from tl_universality.analyses.correlation.config import CorrelationConfig

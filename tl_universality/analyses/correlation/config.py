@@ -19,6 +19,9 @@ from tl_universality.core.errors import InvalidArgumentError
 from tl_universality.core.validate import check_int, check_number
 from tl_universality.stats.baselines import check_kind
 
+#: How ranks split a run under ``torch.distributed`` (docs/scaling.md, "Distributed runs").
+PARALLEL_MODES = ("tokens", "tiles")
+
 
 @dataclass(frozen=True)
 class CorrelationConfig:
@@ -49,6 +52,7 @@ class CorrelationConfig:
     seq_len: int | None = None
     max_tokens: int | None = None
     checkpoint_every: int = 10_000_000
+    parallel: str = "tokens"
     # screened exact mode (docs/concepts.md, "Screened exact correlation")
     candidates: int | None = None
     screen_tokens: int | None = None
@@ -97,6 +101,18 @@ class CorrelationConfig:
                 " Fix: drop keep_matrix, or run the exhaustive mode (candidates=None)."
             )
         set_(self, "memory_budget", _budget(self.memory_budget))
+        if self.parallel not in PARALLEL_MODES:
+            raise InvalidArgumentError(
+                f"parallel={self.parallel!r} is not a way to split a distributed run. Fix: pass"
+                " parallel='tokens' (each rank reads a shard of the batches) or 'tiles' (each"
+                " rank reads every batch and holds some of the tiles)."
+            )
+        if self.parallel == "tiles" and self.candidates is not None:
+            raise InvalidArgumentError(
+                f"parallel='tiles' cannot be combined with candidates={self.candidates}: the"
+                " screened mode needs little memory and runs data-parallel. Fix: drop parallel"
+                " (or pass parallel='tokens')."
+            )
         set_(self, "keep_matrix", _dtype_name("keep_matrix", self.keep_matrix, matrix=True))
         set_(self, "product_dtype", _dtype_name("product_dtype", self.product_dtype))
         if self.exclude_token_ids is not None:

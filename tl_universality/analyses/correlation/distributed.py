@@ -1,22 +1,31 @@
-"""Data-parallel correlation runs with ``torch.distributed`` (docs/scaling.md, "Distributed runs").
+"""Correlation runs with ``torch.distributed`` (docs/scaling.md, "Distributed runs").
 
 When a process group is initialised (``torchrun``: NCCL on GPUs, gloo on CPU),
-:func:`~tl_universality.analyses.correlation.correlate` reads only this rank's shard of the
-token batches and merges the statistics of every rank before it reduces them, so each rank
-returns the result a single process would.
+:func:`~tl_universality.analyses.correlation.correlate` splits the run over the ranks in one of
+two ways (``parallel=``), and every rank returns the result a single process would.
 
-Sharding. The stream is cut into batches of ``batch_size`` sequences exactly as one process
-cuts it; batch ``k`` goes to rank ``k % world_size``. Shards are disjoint, cover the stream, and
-depend only on ``(batch_size, world_size)``.
+Data-parallel (``"tokens"``, the default). The stream is cut into batches of ``batch_size``
+sequences exactly as one process cuts it; batch ``k`` goes to rank ``k % world_size``. Shards are
+disjoint, cover the stream, and depend only on ``(batch_size, world_size)``. Before a pass's
+statistics are reduced, the float64 co-moments of the ranks are re-expressed about the global
+mean (exact algebra, :meth:`CrossMoments.reduce_across`); about a common shift the sums are
+additive, so one float64 all-reduce per accumulator gives the pairwise merge of Chan et al. over
+all ranks (extremes with MIN/MAX). Every rank holds every tile of a pass.
 
-Merge. The float64 co-moments of the ranks are first re-expressed about the global mean (exact
-algebra, :meth:`CrossMoments.reduce_across`); about a common shift the sums are additive, so one
-float64 all-reduce per accumulator gives the pairwise merge of Chan et al. over all ranks
-(extremes with MIN/MAX). Every rank ends with the same statistics.
+Tile-parallel (``"tiles"``). Every rank reads every batch, but accumulates and reduces only its
+own tiles of each pass (the plan deals each pass's tiles to the ranks, and gives each rank the
+within-layer moments its tiles' baselines need): the statistics are split, not repeated, so a
+pair too large for one device fits on several. After the last pass the running reductions
+(maxima, minima, top-k, baseline draws, dead flags, kept matrices) are gathered and combined
+exactly, with ties going to the lower column index, so every rank ends with the same result.
 
-Checkpoints. Each rank writes its own statistics to ``checkpoint_dir/rank{r}/``; a manifest
-``checkpoint_dir/distributed.json`` records the world size and the sharding rule. Resuming needs
-the same world size (another one would assign the batches differently) and is refused otherwise.
+Checkpoints. Each rank writes its own state to ``checkpoint_dir/rank{r}/``; a manifest
+``checkpoint_dir/distributed.json`` records the world size and the mode. Resuming needs both
+unchanged (another world size deals the batches or tiles differently) and is refused otherwise.
+A data-parallel rank stopped between a pass's merge and its next checkpoint resumes a pass
+behind the others; it then takes the merged reductions of the passes done from a rank that is
+furthest on (:func:`align_passes`). Within a pass the ranks are independent, so checkpoints at
+different batches resume consistently.
 """
 
 from __future__ import annotations
@@ -31,12 +40,17 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from tl_universality.analyses.correlation.run import CorrelationRun
 from tl_universality.core.errors import CheckpointMismatchError
 from tl_universality.data.tokens.sources import TokenSource
 from tl_universality.stats.cross_moments import CrossMoments
 
 MANIFEST = "distributed.json"
-SHARDING_RULE = "batch k -> rank k % world_size"
+#: How each mode splits a run, as its manifest records it.
+SHARDING_RULES = {
+    "tokens": "batch k -> rank k % world_size",
+    "tiles": "every batch on every rank; tile t -> rank plan.owners[t]",
+}
 
 
 @dataclass(frozen=True)
@@ -143,52 +157,124 @@ def merge_across_ranks(stats: Sequence[CrossMoments]) -> None:
         dist.barrier()
 
 
+def merge_tile_reductions(run: CorrelationRun) -> None:
+    """Combine, in place, the reductions of a tile-parallel run's ranks (every rank calls it)."""
+    run.merge_ranks(_all_gather, _broadcast)
+    torch.distributed.barrier()
+
+
+def align_passes(run: CorrelationRun) -> bool:
+    """After every rank of a data-parallel run loaded its checkpoint: bring the ranks that are a
+    pass behind to the furthest one's pass. Returns whether this rank was behind.
+
+    A rank is behind when it stopped after a pass's merge but before its next checkpoint. The
+    reductions of the passes done are the same on every rank that finished them (the merge made
+    them so), so the rank takes them from the lowest rank that is furthest on and starts that
+    pass afresh from its own first batch. Every rank must call this.
+    """
+    passes = [int(p) for p in _all_gather(torch.tensor([run.next_pass]))]
+    ahead = max(passes)
+    if min(passes) == ahead:
+        return False
+    src = passes.index(ahead)
+    got = {name: _broadcast(t.contiguous(), src) for name, t in sorted(run.reductions().items())}
+    n_tokens = int(_broadcast(torch.tensor([run.n_tokens]), src)[0])
+    if run.next_pass == ahead:
+        return False
+    run.load_reductions(got)
+    run.next_pass, run.sequences, run.stats, run.n_tokens = ahead, 0, None, n_tokens
+    return True
+
+
+def _comm_device(t: Tensor) -> torch.device:
+    """Where a collective needs ``t``: CPU for gloo, this rank's GPU for NCCL."""
+    if torch.distributed.get_backend() == "gloo":
+        return torch.device("cpu")
+    if t.device.type == "cuda":
+        return t.device
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _all_gather(t: Tensor) -> list[Tensor]:
+    """Every rank's ``t`` (same shape and dtype on every rank), in rank order."""
+    dist = torch.distributed
+    buf = t.detach().to(_comm_device(t)).contiguous()
+    out = [torch.empty_like(buf) for _ in range(dist.get_world_size())]
+    if buf.numel():
+        dist.all_gather(out, buf)
+    return [o.to(t.device) for o in out]
+
+
+def _broadcast(t: Tensor, src: int) -> Tensor:
+    """Rank ``src``'s ``t`` (a new tensor on ``t``'s device); sent as raw bytes, so exact for
+    any dtype."""
+    buf = t.detach().to(_comm_device(t)).contiguous().clone()
+    if buf.numel():
+        torch.distributed.broadcast(buf.view(torch.uint8), src=src)
+    return buf.to(t.device)
+
+
 def all_reduce(t: Tensor, op: str) -> Tensor:
-    """``t`` reduced over the ranks (a new tensor on ``t``'s device); gloo gets CPU tensors."""
+    """``t`` reduced over the ranks (a new tensor on ``t``'s device)."""
     dist = torch.distributed
     ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
-    on_cpu = dist.get_backend() == "gloo" and t.device.type != "cpu"
-    buf = t.detach().to("cpu" if on_cpu else t.device).contiguous().clone()
+    buf = t.detach().to(_comm_device(t)).contiguous().clone()
     dist.all_reduce(buf, op=ops[op])
-    return buf.to(t.device) if on_cpu else buf
+    return buf.to(t.device)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
 
 
-def rank_folder(folder: Path | None, shard: Shard) -> Path | None:
+def rank_folder(folder: Path | None, shard: Shard, parallel: str = "tokens") -> Path | None:
     """Where this rank keeps its checkpoint, after checking the manifest of ``folder``.
 
     Without a process group the folder itself (and a distributed manifest there is refused);
-    with one ``folder/rank{r}`` (rank 0 writes the manifest on the first run).
+    with one ``folder/rank{r}`` (rank 0 writes the manifest on the first run). A manifest of
+    another world size or another ``parallel`` mode is refused.
     """
     if folder is None:
         return None
     manifest = folder / MANIFEST
-    recorded = json.loads(manifest.read_text())["world_size"] if manifest.exists() else None
+    recorded = json.loads(manifest.read_text()) if manifest.exists() else None
+    world = int(recorded["world_size"]) if recorded is not None else None
     if not shard.distributed:
-        if recorded is not None and int(recorded) > 1:
-            raise _world_mismatch(folder, int(recorded), 1)
+        if world is not None and world > 1:
+            raise _world_mismatch(folder, world, 1)
         return folder
-    if recorded is None and (folder / "state").exists():
+    if world is None and (folder / "state").exists():
         raise _world_mismatch(folder, 1, shard.world_size)
-    if recorded is not None and int(recorded) != shard.world_size:
-        raise _world_mismatch(folder, int(recorded), shard.world_size)
+    if world is not None and world != shard.world_size:
+        raise _world_mismatch(folder, world, shard.world_size)
+    mode = recorded.get("parallel", "tokens") if recorded is not None else parallel
+    if mode != parallel:
+        raise CheckpointMismatchError(
+            f"The checkpoint in {folder} was written by a parallel={mode!r} run but this run"
+            f" has parallel={parallel!r}: its ranks hold {_HOLD[mode]}, not {_HOLD[parallel]}."
+            f" Fix: resume with parallel={mode!r} (--parallel {mode}), or pass another"
+            " checkpoint_dir to start over."
+        )
     if recorded is None and shard.rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{MANIFEST}.tmp"
-        tmp.write_text(
-            json.dumps({"world_size": shard.world_size, "sharding": SHARDING_RULE}, indent=1)
-        )
+        info = {"world_size": shard.world_size, "parallel": parallel}
+        tmp.write_text(json.dumps({**info, "sharding": SHARDING_RULES[parallel]}, indent=1))
         os.replace(tmp, manifest)
     return folder / f"rank{shard.rank}"
+
+
+_HOLD = {
+    "tokens": "every tile's statistics over a shard of the batches",
+    "tiles": "some tiles' statistics over every batch",
+}
 
 
 def _world_mismatch(folder: Path, recorded: int, now: int) -> CheckpointMismatchError:
     return CheckpointMismatchError(
         f"The checkpoint in {folder} was written by {recorded} process(es) but this run has"
-        f" {now}: each rank's statistics cover the batches k with k % world_size == rank, so"
-        f" they cannot be resumed by another number of processes. Fix: resume with"
+        f" {now}: each rank's checkpoint holds its share of the run (the batches k with"
+        " k % world_size == rank, or its tiles of the plan), so it cannot be resumed by another"
+        f" number of processes. Fix: resume with"
         f" torchrun --nproc_per_node {recorded} (or {recorded} processes in all), or pass"
         " another checkpoint_dir to start over."
     )

@@ -16,9 +16,11 @@ Checkpoints. With ``checkpoint_dir`` the statistics are written atomically every
 ``checkpoint_every`` tokens and after every pass; calling :func:`correlate` again with the same
 arguments continues from the last checkpoint and gives the same result as an uninterrupted run.
 
-Distributed. Under ``torchrun`` (an initialised ``torch.distributed`` group) each rank reads a
-disjoint shard of the batches and the statistics merge exactly before they are reduced, so every
-rank returns the single-process result (:mod:`~tl_universality.analyses.correlation.distributed`).
+Distributed. Under ``torchrun`` (an initialised ``torch.distributed`` group) every rank returns
+the single-process result. With ``parallel="tokens"`` (default) each rank reads a disjoint shard
+of the batches and the statistics merge exactly before they are reduced; with
+``parallel="tiles"`` each rank reads every batch but holds only its own tiles (for memory), and
+the reductions merge at the end (:mod:`~tl_universality.analyses.correlation.distributed`).
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ import torch
 from tl_universality.analyses.correlation.config import CorrelationConfig
 from tl_universality.analyses.correlation.distributed import (
     ShardedSource,
+    align_passes,
     current_shard,
     merge_across_ranks,
+    merge_tile_reductions,
     rank_folder,
 )
 from tl_universality.analyses.correlation.fingerprint import batch_digest, weights_digest
@@ -103,6 +107,7 @@ def correlate(
     bos_token_id: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 10_000_000,
+    parallel: str = "tokens",
     candidates: int | None = None,
     screen_tokens: int | None = None,
     certificate_sigmas: float = 4.0,
@@ -149,6 +154,9 @@ def correlate(
         bos_token_id: The BOS id of a token tensor when the models have no tokenizer.
         checkpoint_dir: Folder for checkpoints; a rerun with the same arguments resumes there.
         checkpoint_every: Tokens between checkpoints (each pass's end is always one).
+        parallel: How the ranks of a ``torch.distributed`` run split it: ``"tokens"`` (each
+            reads a shard of the batches; default) or ``"tiles"`` (each reads every batch and
+            holds its own tiles, for memory). One process ignores it (docs/scaling.md).
         candidates: Screened exact mode (docs/concepts.md, "Screened exact correlation"): the
             exhaustive statistics run on the first ``screen_tokens`` only and keep, per unit and
             other model, the ``candidates`` most correlated and most anti-correlated units;
@@ -189,8 +197,9 @@ def correlate(
         all_pairs=all_pairs, baseline=baseline, n_draws=n_draws, seed=seed, top_k=top_k,
         keep_matrix=keep_matrix, memory_budget=memory_budget, batch_size=batch_size,
         product_dtype=product_dtype, exclude_token_ids=exclude_token_ids, seq_len=seq_len,
-        max_tokens=max_tokens, checkpoint_every=checkpoint_every, candidates=candidates,
-        screen_tokens=screen_tokens, certificate_sigmas=certificate_sigmas, tol=tol,
+        max_tokens=max_tokens, checkpoint_every=checkpoint_every, parallel=parallel,
+        candidates=candidates, screen_tokens=screen_tokens, certificate_sigmas=certificate_sigmas,
+        tol=tol,
     )  # fmt: skip
     cfg = _settings(config, given)
     check_device("device", device)
@@ -250,11 +259,14 @@ def run_exhaustive(setup: Setup, cfg: CorrelationConfig, screen: int = 0) -> Exh
     matrix_dtype = resolve_matrix_dtype(cfg.keep_matrix)
     stream = setup.stream
     source = stream.limit(cfg.max_tokens) if cfg.max_tokens is not None else stream
-    # Under torch.distributed this rank reads batches k with k % world_size == rank (and keeps
-    # its checkpoint in checkpoint_dir/rank{r}); the statistics merge before each reduction.
+    # Under torch.distributed each rank keeps its checkpoint in checkpoint_dir/rank{r}. By
+    # tokens, it reads batches k with k % world_size == rank and the statistics merge before
+    # each reduction; by tiles, it reads every batch for its own tiles of the plan.
     shard = current_shard()
-    folder = rank_folder(folder, shard)
-    if shard.distributed:
+    folder = rank_folder(folder, shard, cfg.parallel)
+    by_tokens = shard.distributed and cfg.parallel == "tokens"
+    by_tiles = shard.distributed and cfg.parallel == "tiles"
+    if by_tokens:
         source = ShardedSource(source, cfg.batch_size, shard)
     n_draws_used = cfg.n_draws if cfg.baseline else 0
     plan = make_plan(
@@ -269,6 +281,7 @@ def run_exhaustive(setup: Setup, cfg: CorrelationConfig, screen: int = 0) -> Exh
         else torch.empty((), dtype=matrix_dtype).element_size(),
         top_k=cfg.top_k,
         n_draws=n_draws_used,
+        tile_ranks=shard.world_size if by_tiles else 1,
     )
     if progress:  # the plan before the work starts; quiet runs still log it
         print(plan, file=sys.stderr)
@@ -287,6 +300,7 @@ def run_exhaustive(setup: Setup, cfg: CorrelationConfig, screen: int = 0) -> Exh
         device=dev,
         all_pairs=cfg.all_pairs,
         screen=screen,
+        rank=shard.rank,
     )
     weights = [weights_digest(m) for m in models]
     config_out = {
@@ -328,6 +342,9 @@ def run_exhaustive(setup: Setup, cfg: CorrelationConfig, screen: int = 0) -> Exh
                     f" {run.sequences} sequences in.",
                     file=sys.stderr,
                 )
+    if folder is not None and by_tokens and align_passes(run):
+        # This rank's checkpoint was a pass behind the others': the first pass read its shard.
+        resumed_complete, seen_total = False, source.n_sequences or seen_total
 
     def checkpoint(complete: bool = False, stream_end: bool = False) -> None:
         if folder is None:
@@ -394,13 +411,15 @@ def run_exhaustive(setup: Setup, cfg: CorrelationConfig, screen: int = 0) -> Exh
             # The statistics at the end of the stream: a later run with a larger max_tokens
             # continues from here and reads only the new tokens.
             checkpoint(stream_end=True)
-        if shard.distributed:
+        if by_tokens:
             merge_across_ranks(run.stats)
         run.finish_pass()
         run.next_pass += 1
         run.sequences = 0
         if run.next_pass < plan.n_passes:
             checkpoint()
+    if by_tiles:
+        merge_tile_reductions(run)  # every rank's tiles into every rank's reductions
     if run.n_tokens == 0:
         raise EmptyTokenSourceError(
             f"No token of {source.name} was left after excluding BOS/padding positions, so no"
@@ -439,7 +458,8 @@ def _settings(config: CorrelationConfig | None, given: CorrelationConfig) -> Cor
 def _fingerprint(cfg, models, weights, indices, source, plan) -> dict[str, Any]:
     """Everything the statistics depend on but the token contents (checked batch by batch)."""
     settings = cfg.to_dict()
-    for free in ("max_tokens", "checkpoint_every"):  # growing and checkpoint spacing are allowed
+    # growing and checkpoint spacing are allowed; the mode is the manifest's (one process: moot)
+    for free in ("max_tokens", "checkpoint_every", "parallel"):
         settings.pop(free)
     out = {
         **settings,

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,11 +121,17 @@ class CorrelationPlan:
         pairs: Model pairs ``(i, j)``, ``i < j``, whose cross moments are accumulated.
         tiles: The tiles; each pass accumulates some of them over the whole token stream.
         passes: Tile indices of each pass, in order.
-        pass_bytes: Estimated peak bytes of each pass (statistics, buffers and kept results).
-        state_bytes: Bytes of the float64 statistics of each pass (what a checkpoint holds).
+        pass_bytes: Estimated peak bytes of each pass (statistics, buffers and kept results), on
+            the rank that needs the most.
+        state_bytes: Bytes of the float64 statistics of each pass (what a checkpoint holds), on
+            the rank that holds the most.
         fixed_bytes: Bytes held for the whole run (kept matrices and per-unit summaries).
-        budget: The memory budget in bytes, or ``None``.
+        budget: The memory budget in bytes (per process), or ``None``.
         tokens_per_batch: Tokens per forward batch the estimate assumes.
+        tile_ranks: Ranks that share each pass's tiles: the world size of a tile-parallel run
+            (``parallel="tiles"``), else 1 (every rank holds every tile of the pass).
+        owners: The rank that holds each tile (all 0 when ``tile_ranks`` is 1).
+        tile_bytes: Bytes of the float64 statistics of each tile.
     """
 
     n_units: tuple[int, ...]
@@ -137,6 +143,9 @@ class CorrelationPlan:
     fixed_bytes: int
     budget: int | None
     tokens_per_batch: int
+    tile_ranks: int = 1
+    owners: tuple[int, ...] = ()
+    tile_bytes: tuple[int, ...] = ()
 
     @property
     def n_passes(self) -> int:
@@ -146,30 +155,51 @@ class CorrelationPlan:
     def peak_bytes(self) -> int:
         return max(self.pass_bytes)
 
+    def rank_tiles(self, pass_index: int, rank: int) -> tuple[int, ...]:
+        """The tiles of pass ``pass_index`` that ``rank`` accumulates (all when ``tile_ranks``
+        is 1)."""
+        tiles = self.passes[pass_index]
+        if self.tile_ranks == 1:
+            return tiles
+        return tuple(t for t in tiles if self.owners[t] == rank)
+
     def layout(self) -> dict[str, Any]:
         """The tiling, as JSON-friendly data (part of a checkpoint's fingerprint)."""
-        return {
+        out: dict[str, Any] = {
             "tiles": [dataclasses.asdict(t) for t in self.tiles],
             "passes": [list(p) for p in self.passes],
         }
+        if self.tile_ranks > 1:
+            out["owners"] = list(self.owners)
+        return out
 
     def __str__(self) -> str:
+        shared = f", each pass shared by {self.tile_ranks} ranks" if self.tile_ranks > 1 else ""
         lines = [
             f"Correlation plan: {len(self.n_units)} models ({', '.join(map(str, self.n_units))}"
             f" units), {len(self.pairs)} model pair(s), {len(self.tiles)} tile(s) in"
-            f" {self.n_passes} pass(es) over the tokens; peak ~{_fmt_bytes(self.peak_bytes)}"
+            f" {self.n_passes} pass(es) over the tokens{shared}; peak"
+            f" ~{_fmt_bytes(self.peak_bytes)}"
+            + (" per rank" if self.tile_ranks > 1 else "")
             + (f" of a {_fmt_bytes(self.budget)} budget" if self.budget else " (no budget set)")
             + f"; results kept {_fmt_bytes(self.fixed_bytes)}."
         ]
-        for p, (tiles, nbytes, state) in enumerate(
-            zip(self.passes, self.pass_bytes, self.state_bytes, strict=True)
-        ):
-            desc = "; ".join(self.tiles[t].describe() for t in tiles[:3])
-            more = f" and {len(tiles) - 3} more" if len(tiles) > 3 else ""
-            lines.append(
-                f"  pass {p}: {len(tiles)} tile(s), statistics {_fmt_bytes(state)},"
-                f" peak ~{_fmt_bytes(nbytes)}: {desc}{more}"
-            )
+        for p, (nbytes, state) in enumerate(zip(self.pass_bytes, self.state_bytes, strict=True)):
+            for rank in range(self.tile_ranks):
+                tiles = self.rank_tiles(p, rank)
+                where = f"pass {p}" + (f", rank {rank}" if self.tile_ranks > 1 else "")
+                if not tiles:
+                    lines.append(f"  {where}: no tiles")
+                    continue
+                desc = "; ".join(self.tiles[t].describe() for t in tiles[:3])
+                more = f" and {len(tiles) - 3} more" if len(tiles) > 3 else ""
+                if self.tile_ranks > 1:
+                    state = sum(self.tile_bytes[t] for t in tiles)
+                lines.append(
+                    f"  {where}: {len(tiles)} tile(s), statistics {_fmt_bytes(state)}"
+                    + (f", peak ~{_fmt_bytes(nbytes)}" if self.tile_ranks == 1 else "")
+                    + f": {desc}{more}"
+                )
         return "\n".join(lines)
 
 
@@ -262,7 +292,11 @@ def make_plan(
     matrix_itemsize: int,
     top_k: int,
     n_draws: int,
+    tile_ranks: int = 1,
 ) -> CorrelationPlan:
+    """The plan; ``memory_budget`` is per process. With ``tile_ranks > 1`` (tile-parallel runs)
+    each pass holds one bin of tiles per rank, and the tiles are made as small as the fewest
+    passes allow, so the ranks share the work (and the memory) evenly."""
     k = len(indices)
     pairs = _pairs(k, all_pairs)
     sizer = _Sizer(indices, baseline, all_pairs, product, tokens_per_batch)
@@ -276,118 +310,183 @@ def make_plan(
         i: [(j, h) for ii, j in pairs if ii == i for h in range(len(indices[j].widths))]
         for i in refs
     }
+    untiled = [sizer.tile(i, (0, len(indices[i].widths)), _parts_of(b_lists[i])) for i in refs]
 
-    def parts_of(items: Sequence[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
-        out: list[list[int]] = []
-        for m, h in items:
-            if out and out[-1][0] == m and out[-1][2] == h:
-                out[-1][2] = h + 1
-            else:
-                out.append([m, h, h + 1])
-        return tuple((m, h0, h1) for m, h0, h1 in out)
+    def layout(avail: float) -> tuple[list[Tile], list[list[int]]] | None:
+        tiles = _tiles_within(indices, b_lists, sizer, avail)
+        return None if tiles is None else (tiles, _pack(tiles, sizer, avail))
 
-    untiled = [sizer.tile(i, (0, len(indices[i].widths)), parts_of(b_lists[i])) for i in refs]
+    whole = (untiled, [list(range(len(untiled)))])
+    cap = math.inf if memory_budget is None else float(memory_budget - fixed - sizer.activations())
     if memory_budget is None or sizer.pass_bytes(untiled) + fixed <= memory_budget:
-        tiles = untiled
-        passes = [list(range(len(tiles)))]
+        found: tuple[list[Tile], list[list[int]]] | None = whole
     else:
-        avail = memory_budget - fixed - sizer.activations()
-        b_widths_of = {i: [indices[m].widths[h] for m, h in b_lists[i]] for i in refs}
-        tiles = []
-        for i in refs:
-
-            def fits(a_groups: list[tuple[int, int]], cap_b: int, i: int = i) -> bool:
-                # Bytes grow with both widths: checking the widest A x widest B tile suffices.
-                a_big = max(a_groups, key=lambda grp: _widths(indices[i], *grp))
-                b0, b1 = max(
-                    _groups(b_widths_of[i], cap_b),
-                    key=lambda grp: sum(b_widths_of[i][grp[0] : grp[1]]),
-                )
-                tile = sizer.tile(i, a_big, parts_of(b_lists[i][b0:b1]))
-                return sizer.state(tile) + sizer.work(tile) <= avail
-
-            def tiles_for(a_groups: list[tuple[int, int]], cap_b: int, i: int = i) -> list[Tile]:
-                return [
-                    sizer.tile(i, ag, parts_of(b_lists[i][b0:b1]))
-                    for ag in a_groups
-                    for b0, b1 in _groups(b_widths_of[i], cap_b)
-                ]
-
-            best: tuple[int, list[Tile]] | None = None
-            groupings = {
-                tuple(_groups(indices[i].widths, math.ceil(n_units[i] / g)))
-                for g in range(1, len(indices[i].widths) + 1)
-            }
-            for a_groups in sorted(groupings, key=len):
-                lo, hi = max(b_widths_of[i]), sum(b_widths_of[i])
-                if not fits(list(a_groups), lo):
-                    continue
-                while lo < hi:  # the widest B groups that fit next to these A groups
-                    mid = (lo + hi + 1) // 2
-                    lo, hi = (mid, hi) if fits(list(a_groups), mid) else (lo, mid - 1)
-                cand = tiles_for(list(a_groups), lo)
-                score = len(_pack(cand, sizer, avail))
-                if best is None or (score, len(cand)) < (best[0], len(best[1])):
-                    best = (score, cand)
-            if best is None:
-                smallest = min(
-                    sizer.pass_bytes([sizer.tile(i, (h, h + 1), [(m, hb, hb + 1)])]) + fixed
-                    for h in range(len(indices[i].widths))
-                    for m, hb in b_lists[i]
-                )
-                raise ValueError(
-                    f"memory_budget={_fmt_bytes(memory_budget)} is too small: even one layer"
-                    f" against one layer needs ~{_fmt_bytes(smallest)} (statistics, one batch of"
-                    " activations of every model, buffers and kept results). Raise the budget,"
-                    " lower batch_size, or drop keep_matrix."
-                )
-            tiles.extend(best[1])
-        passes = _pack(tiles, sizer, avail)
-    tiles, passes = _dedup_grams(tiles, passes)
-    pass_tiles = [[tiles[t] for t in p] for p in passes]
+        found = layout(cap)
+    if found is None:
+        assert memory_budget is not None
+        smallest = min(
+            sizer.pass_bytes([sizer.tile(i, (h, h + 1), [(m, hb, hb + 1)])]) + fixed
+            for i in refs
+            for h in range(len(indices[i].widths))
+            for m, hb in b_lists[i]
+        )
+        raise ValueError(
+            f"memory_budget={_fmt_bytes(memory_budget)} is too small: even one layer"
+            f" against one layer needs ~{_fmt_bytes(smallest)} (statistics, one batch of"
+            " activations of every model, buffers and kept results). Raise the budget,"
+            " lower batch_size, or drop keep_matrix."
+        )
+    if tile_ranks > 1:
+        found = _spread(
+            layout, found, sizer, min(cap, float(sizer.pass_bytes(untiled))), tile_ranks
+        )
+    tiles, bins = found
+    tiles = _dedup_grams(tiles, bins)  # per bin: a rank reduces its tiles with its own grams
+    chunks = [bins[p : p + tile_ranks] for p in range(0, len(bins), tile_ranks)]
+    owners = [0] * len(tiles)
+    for chunk in chunks:
+        for rank, tile_ids in enumerate(chunk):
+            for t in tile_ids:
+                owners[t] = rank
+    per_rank = [[[tiles[t] for t in b] for b in chunk] for chunk in chunks]
     return CorrelationPlan(
         n_units=n_units,
         pairs=pairs,
         tiles=tuple(tiles),
-        passes=tuple(tuple(p) for p in passes),
-        pass_bytes=tuple(sizer.pass_bytes(ts) + fixed for ts in pass_tiles),
-        state_bytes=tuple(sum(sizer.state(t) for t in ts) for ts in pass_tiles),
+        passes=tuple(tuple(t for b in chunk for t in b) for chunk in chunks),
+        pass_bytes=tuple(max(sizer.pass_bytes(ts) for ts in p) + fixed for p in per_rank),
+        state_bytes=tuple(max(sum(sizer.state(t) for t in ts) for ts in p) for p in per_rank),
         fixed_bytes=fixed,
         budget=memory_budget,
         tokens_per_batch=tokens_per_batch,
+        tile_ranks=tile_ranks,
+        owners=tuple(owners),
+        tile_bytes=tuple(sizer.state(t) for t in tiles),
     )
 
 
-def _pack(tiles: Sequence[Tile], sizer: _Sizer, avail: int) -> list[list[int]]:
-    """Tiles in order into passes whose statistics and buffers fit ``avail`` (next fit)."""
-    passes: list[list[int]] = []
+def _parts_of(items: Sequence[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
+    """``(model, hook)`` items as ``(model, first hook, stop hook)`` runs."""
+    out: list[list[int]] = []
+    for m, h in items:
+        if out and out[-1][0] == m and out[-1][2] == h:
+            out[-1][2] = h + 1
+        else:
+            out.append([m, h, h + 1])
+    return tuple((m, h0, h1) for m, h0, h1 in out)
+
+
+def _tiles_within(
+    indices: Sequence[UnitIndex],
+    b_lists: dict[int, list[tuple[int, int]]],
+    sizer: _Sizer,
+    avail: float,
+) -> list[Tile] | None:
+    """Tiles whose statistics and buffers fit ``avail`` bytes each, in the fewest bins (per
+    reference); None when even one layer against one layer does not fit."""
+    tiles = []
+    for i, b_list in b_lists.items():
+        found = _reference_tiles(indices, i, b_list, sizer, avail)
+        if found is None:
+            return None
+        tiles.extend(found)
+    return tiles
+
+
+def _reference_tiles(
+    indices: Sequence[UnitIndex],
+    i: int,
+    b_list: list[tuple[int, int]],
+    sizer: _Sizer,
+    avail: float,
+) -> list[Tile] | None:
+    b_widths = [indices[m].widths[h] for m, h in b_list]
+
+    def fits(a_groups: list[tuple[int, int]], cap_b: int) -> bool:
+        # Bytes grow with both widths: checking the widest A x widest B tile suffices.
+        a_big = max(a_groups, key=lambda grp: _widths(indices[i], *grp))
+        b0, b1 = max(_groups(b_widths, cap_b), key=lambda grp: sum(b_widths[grp[0] : grp[1]]))
+        tile = sizer.tile(i, a_big, _parts_of(b_list[b0:b1]))
+        return sizer.state(tile) + sizer.work(tile) <= avail
+
+    best: tuple[int, list[Tile]] | None = None
+    n_units = indices[i].n_units
+    groupings = {
+        tuple(_groups(indices[i].widths, math.ceil(n_units / g)))
+        for g in range(1, len(indices[i].widths) + 1)
+    }
+    for a_groups in sorted(groupings, key=len):
+        lo, hi = max(b_widths), sum(b_widths)
+        if not fits(list(a_groups), lo):
+            continue
+        while lo < hi:  # the widest B groups that fit next to these A groups
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(list(a_groups), mid) else (lo, mid - 1)
+        cand = [
+            sizer.tile(i, ag, _parts_of(b_list[b0:b1]))
+            for ag in a_groups
+            for b0, b1 in _groups(b_widths, lo)
+        ]
+        score = len(_pack(cand, sizer, avail))
+        if best is None or (score, len(cand)) < (best[0], len(best[1])):
+            best = (score, cand)
+    return None if best is None else best[1]
+
+
+def _spread(
+    layout: Callable[[float], tuple[list[Tile], list[list[int]]] | None],
+    found: tuple[list[Tile], list[list[int]]],
+    sizer: _Sizer,
+    high: float,
+    ranks: int,
+) -> tuple[list[Tile], list[list[int]]]:
+    """The layout with the smallest bins (bytes per rank) that needs no more passes of ``ranks``
+    bins than ``found``: bisection on the bin size, to within 5%."""
+
+    def n_passes(bins: list[list[int]]) -> int:
+        return -(-len(bins) // ranks)
+
+    target = n_passes(found[1])
+    total = sum(sizer.state(t) for t in found[0]) + max(sizer.work(t) for t in found[0])
+    low = total / (target * ranks) / 2
+    while high > 1.05 * low:
+        mid = math.sqrt(low * high)
+        got = layout(mid)
+        if got is not None and n_passes(got[1]) <= target:
+            found, high = got, mid
+        else:
+            low = mid
+    return found
+
+
+def _pack(tiles: Sequence[Tile], sizer: _Sizer, avail: float) -> list[list[int]]:
+    """Tiles in order into bins whose statistics and buffers fit ``avail`` (next fit)."""
+    bins: list[list[int]] = []
     used, work = 0, 0
     for t, tile in enumerate(tiles):
         s, w = sizer.state(tile), sizer.work(tile)
-        if passes and used + s + max(work, w) <= avail:
-            passes[-1].append(t)
+        if bins and used + s + max(work, w) <= avail:
+            bins[-1].append(t)
             used, work = used + s, max(work, w)
         else:
-            passes.append([t])
+            bins.append([t])
             used, work = s, w
-    return passes
+    return bins
 
 
-def _dedup_grams(
-    tiles: Sequence[Tile], passes: Sequence[Sequence[int]]
-) -> tuple[list[Tile], list[list[int]]]:
-    """Track each layer's within-layer moments in one tile per pass (the first that needs it)."""
+def _dedup_grams(tiles: Sequence[Tile], bins: Sequence[Sequence[int]]) -> list[Tile]:
+    """Track each layer's within-layer moments in one tile per bin (the first that needs it)."""
     tiles = list(tiles)
-    for p in passes:
+    for b in bins:
         seen: set[tuple[int, int]] = set()
-        for t in p:
+        for t in b:
             tile = tiles[t]
             a_keep = tuple(h for h in tile.a_grams if (tile.reference, h) not in seen)
             seen.update((tile.reference, h) for h in a_keep)
             b_keep = tuple(mh for mh in tile.b_grams if mh not in seen)
             seen.update(b_keep)
             tiles[t] = dataclasses.replace(tile, a_grams=a_keep, b_grams=b_keep)
-    return tiles, [list(p) for p in passes]
+    return tiles
 
 
 def resolve_matrix_dtype(keep_matrix: bool | str | torch.dtype | None) -> torch.dtype | None:
@@ -425,10 +524,14 @@ def plan_correlation(
     seq_len: int | None = None,
     product_dtype: ProductDtype = None,
     device: str | torch.device | None = None,
+    parallel: str = "tokens",
+    world_size: int | None = None,
 ) -> CorrelationPlan:
     """The tiles, passes and memory :func:`correlate` would use with these arguments.
 
     Runs no forward pass over data (non-MLP units are measured with a one-token probe).
+    ``world_size`` (default: the current process group's, else 1) matters with
+    ``parallel="tiles"``: each pass then holds one bin of tiles per rank.
 
     Examples:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -440,7 +543,16 @@ def plan_correlation(
         >>> tight = plan_correlation(a, b, memory_budget="400KB", batch_size=1)
         >>> len(tight.tiles), tight.n_passes, tight.peak_bytes <= 400_000
         (4, 2, True)
+        >>> spread = plan_correlation(a, b, parallel="tiles", world_size=2)  # one pass, 2 ranks
+        >>> spread.n_passes, sorted(set(spread.owners))
+        (1, [0, 1])
     """
+    from tl_universality.analyses.correlation.config import PARALLEL_MODES
+    from tl_universality.analyses.correlation.distributed import current_shard
+
+    if parallel not in PARALLEL_MODES:
+        raise ValueError(f"parallel={parallel!r}: use one of {PARALLEL_MODES}.")
+    world = current_shard().world_size if world_size is None else int(world_size)
     models = [model, *as_model_list(others)]
     indices = [
         unit_index(m, u) for m, u in zip(models, per_model_units(units, len(models)), strict=True)
@@ -458,6 +570,7 @@ def plan_correlation(
         matrix_itemsize=0 if matrix is None else torch.empty((), dtype=matrix).element_size(),
         top_k=top_k,
         n_draws=n_draws if baseline else 0,
+        tile_ranks=world if parallel == "tiles" else 1,
     )
 
 

@@ -113,6 +113,26 @@ class _Summary:
     def tensors(self, prefix: str) -> dict[str, Tensor]:
         return {f"{prefix}{f}": getattr(self, f) for f in self.fields()}
 
+    def merge(self, gathered: dict[str, Sequence[Tensor]]) -> None:
+        """Combine every rank's reductions (``gathered[field]``, one tensor per rank) exactly.
+
+        Ties go to the lower column index, whatever the rank order, so every rank gets the same
+        result, and the one process gets when it meets the columns in order. Columns met by two
+        ranks (a repeated merge) count once, so merging merged reductions changes nothing.
+        """
+        for val, idx, sign in (("max_val", "max_idx", 1.0), ("min_val", "min_idx", -1.0)):
+            vals, idxs = _ranked(sign * torch.stack(list(gathered[val]), 1), gathered[idx])
+            setattr(self, val, sign * vals[:, 0])
+            setattr(self, idx, idxs[:, 0])
+        k = self.top_val.shape[1]
+        if k:
+            vals, idxs = _ranked(torch.cat(list(gathered["top_val"]), 1), gathered["top_idx"])
+            self.top_val, self.top_idx = vals[:, :k].contiguous(), idxs[:, :k].contiguous()
+        base = gathered["base"][0]
+        for other in gathered["base"][1:]:
+            base = torch.fmax(base, other)  # NaN (nothing seen by that rank) never wins
+        self.base = base.clone()
+
     def load(self, state: dict[str, Tensor], prefix: str) -> None:
         for f in self.fields():
             setattr(self, f, state[f"{prefix}{f}"].to(getattr(self, f).device).clone())
@@ -127,6 +147,20 @@ class _Summary:
             out[i] = idx.masked_fill(missing, -1).cpu()
         out["base"] = self.base.cpu()
         return out
+
+
+def _ranked(vals: Tensor, idx_parts: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Each row's entries in order of value (descending) then column index (ascending, -1 last),
+    a column index that occurs twice in a row kept once."""
+    idxs = torch.cat([i.reshape(vals.shape[0], -1) for i in idx_parts], 1)
+    key = idxs.masked_fill(idxs < 0, torch.iinfo(torch.int64).max)
+    key, order = torch.sort(key, dim=1, stable=True)
+    vals, idxs = vals.gather(1, order), idxs.gather(1, order)
+    repeat = torch.zeros_like(idxs, dtype=torch.bool)
+    repeat[:, 1:] = (key[:, 1:] == key[:, :-1]) & (idxs[:, 1:] >= 0)
+    vals, idxs = vals.masked_fill(repeat, -torch.inf), idxs.masked_fill(repeat, -1)
+    vals, order = torch.sort(vals, dim=1, descending=True, stable=True)
+    return vals, idxs.gather(1, order)
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -161,7 +195,11 @@ class _Segment:
 
 
 class CorrelationRun:
-    """The state of one correlation run: per-pass statistics and the running reductions."""
+    """The state of one correlation run: per-pass statistics and the running reductions.
+
+    ``rank`` picks this process's tiles of a tile-parallel plan (``plan.tile_ranks > 1``); it is
+    ignored otherwise.
+    """
 
     def __init__(
         self,
@@ -177,8 +215,9 @@ class CorrelationRun:
         device: torch.device,
         all_pairs: bool,
         screen: int = 0,
+        rank: int = 0,
     ) -> None:
-        self.plan, self.indices = plan, list(indices)
+        self.plan, self.indices, self.rank = plan, list(indices), rank
         # A screening run (stage 1 of ``candidates=K``) also keeps the K most anti-correlated
         # units, the co-moments of both lists, and every unit's mean and sum of squares.
         self.screen = screen
@@ -278,7 +317,8 @@ class CorrelationRun:
             stats.update(x, ys)
 
     def pass_tiles(self) -> list[Tile]:
-        return [self.plan.tiles[t] for t in self.plan.passes[self.next_pass]]
+        """This rank's tiles of the current pass."""
+        return [self.plan.tiles[t] for t in self.plan.rank_tiles(self.next_pass, self.rank)]
 
     # -- reduction at the end of a pass --------------------------------------------------------
 
@@ -358,7 +398,9 @@ class CorrelationRun:
 
     # -- checkpoints ---------------------------------------------------------------------------
 
-    def tensors(self) -> dict[str, Tensor]:
+    def reductions(self) -> dict[str, Tensor]:
+        """The running reductions (of the passes done), by name: the same names and shapes on
+        every rank (see :meth:`load_reductions`)."""
         out: dict[str, Tensor] = {}
         for (r, c), s in self.summaries.items():
             out.update(s.tensors(f"summary.{r}.{c}."))
@@ -367,11 +409,9 @@ class CorrelationRun:
             out[f"mean.{m}"], out[f"m2.{m}"] = self.means[m], self.m2s[m]
         for (i, j), mat in (self.matrices or {}).items():
             out[f"matrix.{i}.{j}"] = mat
-        for t, stats in enumerate(self.stats or ()):
-            out.update({f"stats.{t}.{k}": v for k, v in stats.state_dict().items()})
-        return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
+        return out
 
-    def load(self, state: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    def load_reductions(self, state: dict[str, Tensor]) -> None:
         for (r, c), s in self.summaries.items():
             s.load(state, f"summary.{r}.{c}.")
         self.dead = [state[f"dead.{m}"].bool() for m in range(len(self.indices))]
@@ -380,11 +420,20 @@ class CorrelationRun:
         if self.matrices is not None:
             for key in self.matrices:
                 self.matrices[key] = state[f"matrix.{key[0]}.{key[1]}"].clone()
+
+    def tensors(self) -> dict[str, Tensor]:
+        out = self.reductions()
+        for t, stats in enumerate(self.stats or ()):
+            out.update({f"stats.{t}.{k}": v for k, v in stats.state_dict().items()})
+        return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
+
+    def load(self, state: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        self.load_reductions(state)
         self.next_pass, self.sequences = int(meta["next_pass"]), int(meta["sequences"])
         self.n_tokens = int(meta["n_tokens"])
         if self.sequences and self.next_pass < self.plan.n_passes:
             self.stats = []
-            for t in range(len(self.plan.passes[self.next_pass])):
+            for t in range(len(self.pass_tiles())):
                 prefix = f"stats.{t}."
                 sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
                 self.stats.append(
@@ -392,6 +441,36 @@ class CorrelationRun:
                         sub, product_dtype=self.product_dtype, device=self.device
                     )
                 )
+
+    # -- tile-parallel runs --------------------------------------------------------------------
+
+    def merge_ranks(
+        self,
+        gather: Callable[[Tensor], list[Tensor]],
+        broadcast: Callable[[Tensor, int], Tensor],
+    ) -> None:
+        """Combine the reductions of ranks that each reduced their own tiles, exactly.
+
+        ``gather(t)`` returns every rank's ``t`` (in rank order) and ``broadcast(t, src)`` rank
+        ``src``'s; every rank calls this, with the same plan, and ends with the same reductions.
+        Maxima, minima and top-k keep the lower column on ties, baselines the larger draw, dead
+        flags any rank's; each kept matrix block comes from the rank that holds its tile.
+        """
+        for s in self.summaries.values():
+            s.merge({f: gather(getattr(s, f)) for f in s.FIELDS})
+        for m, dead in enumerate(self.dead):
+            self.dead[m] = torch.stack(gather(dead.to(torch.uint8))).amax(0).bool()
+        self.n_tokens = max(int(n) for n in gather(torch.tensor([self.n_tokens])))
+        for t, tile in enumerate(self.plan.tiles if self.matrices is not None else ()):
+            a_seg, b_segs = self._segments(tile)
+            for seg in b_segs:
+                matrix = self.matrices[(a_seg.model, seg.model)]  # type: ignore[index]
+                cols = slice(seg.offset, seg.offset + seg.stop - seg.start)
+                step = max(1, FINAL_CHUNK // max(1, seg.stop - seg.start))
+                for r0 in range(a_seg.offset, a_seg.offset + tile.n_a, step):
+                    rows = slice(r0, min(a_seg.offset + tile.n_a, r0 + step))
+                    block = matrix[rows, cols].contiguous()
+                    matrix[rows, cols] = broadcast(block, self.plan.owners[t])
 
     # -- results -------------------------------------------------------------------------------
 

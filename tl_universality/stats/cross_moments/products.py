@@ -155,13 +155,16 @@ class Side:
         """Add the batch to the float64 sums and write it, centred on a per-batch centre ``c``,
         into ``out``.
 
-        The sums hold ``Σ(x − shift)`` and ``Σ(x − shift)²`` (exact float64 arithmetic). The
-        product sees ``x − c``, with ``c`` the batch's own mean, or 0 for units silent on at least
-        half of the batch, so its rounding is relative to the batch's spread whatever the unit's
-        long-run mean, and silent tokens are exact zeros; the caller adds the exact rank-one
-        terms of ``Σ(x − shift)(y − shift')ᵀ`` in float64 (see :meth:`CrossMoments.update`). Work
-        runs in row blocks of bounded size: full-size float64 temporaries cost more than the
-        arithmetic on a CPU.
+        The sums hold ``Σ(x − shift)`` and ``Σ(x − shift)²`` (float64). The product sees
+        ``x − c``, with ``c`` the batch's own float64 mean, or exactly 0 for units silent on at
+        least half of the batch, so its rounding is relative to the batch's spread whatever the
+        unit's long-run mean, and silent tokens are exact zeros; the caller adds the exact
+        rank-one terms of ``Σ(x − shift)(y − shift')ᵀ`` in float64 (see
+        :meth:`CrossMoments.update`). ``x − c`` is rounded to the product dtype once, from
+        float64, and depends on the batch alone, not on the shift (which follows the stream
+        read so far): processes that split a stream round each batch exactly as one process
+        does. Work runs in row blocks of bounded size: full-size float64 temporaries cost more
+        than the arithmetic on a CPU.
 
         Returns:
             ``(c − shift, max |x − c|, Σ(x − c)², Σ(x − shift))`` per unit, all float64.
@@ -187,42 +190,36 @@ class Side:
             torch.maximum(self.max[sl], high, out=self.max[sl])
             rows = max(1, block // w)
             buf = torch.empty(min(rows, n), w, dtype=torch.float64, device=device)
-            if first:  # the first batch's float64 mean (exactly c for a constant unit)
-                mean = torch.zeros_like(shift)
-                for r0 in range(0, n, rows):
-                    mean += buf[: min(n, r0 + rows) - r0].copy_(part[r0 : r0 + rows]).sum(0)
-                shift.copy_(mean / n)
-            total, squares = torch.zeros_like(shift), torch.zeros_like(shift)
+            mean = torch.zeros_like(shift)  # float64 sums of the exact float64 inputs
+            for r0 in range(0, n, rows):
+                mean += buf[: min(n, r0 + rows) - r0].copy_(part[r0 : r0 + rows]).sum(0)
+            mean /= n
+            if first:  # the first batch's mean (exactly c for a constant unit)
+                shift.copy_(mean)
+            # The centre c: the batch mean, or exactly 0 for a unit that is 0 on at least half
+            # of the batch (ReLU-like or sparse units): its silent tokens then enter the product
+            # as exact zeros instead of as many small −m terms that a float32 sum would drop next
+            # to the active ones.
+            ones = torch.ones(n, dtype=torch.float32, device=device)
+            zeros = torch.mv(part.eq(0).to(device, torch.float32).T, ones)  # a GEMV: fast
+            centre = torch.where(zeros * 2 >= n, 0.0, mean)
+            total, squares = torch.zeros_like(shift), torch.zeros_like(shift)  # of x − c
             for r0 in range(0, n, rows):
                 r1 = min(n, r0 + rows)
                 centred = buf[: r1 - r0]
-                centred.copy_(part[r0:r1]).sub_(shift)  # float64: exact for float32 data
+                centred.copy_(part[r0:r1]).sub_(centre)
                 total += centred.sum(0)
                 out[r0:r1, sl] = centred
                 squares += centred.square_().sum(0)
-            # The centre c: the batch mean (its offset d = m − shift from the shifted sum, which
-            # keeps Σ(x − m) at the rounding of the batch's spread), or exactly 0 for a unit that
-            # is 0 on at least half of the batch (ReLU-like or sparse units): its silent tokens
-            # then enter the product as exact zeros instead of as many small −m terms that a
-            # float32 sum would drop next to the active ones. The shift stays within a standard
-            # deviation of the mean (see _recentre), so subtracting d in the product dtype adds
-            # at most about one rounding of |x − m|.
-            d = total / n
-            ones = torch.ones(n, dtype=torch.float32, device=device)
-            zeros = torch.mv(part.eq(0).to(device, torch.float32).T, ones)  # a GEMV: fast
-            zero_centred = zeros * 2 >= n
-            d = torch.where(zero_centred, -shift, d)
-            view = out[:, sl]
-            view.sub_(d.to(out.dtype))
-            if bool(zero_centred.any()):  # write those columns as the exact input values
-                cols = zero_centred.nonzero()[:, 0]
-                view[:, cols] = part[:, cols.to(part.device)].to(device, out.dtype)
-            centre = shift + d  # |x − c| is largest at the batch's min or max
+            # About the shift, by exact algebra: with d = c − shift, Σ(x − shift) = Σ(x − c) + n·d
+            # and Σ(x − shift)² = Σ(x − c)² + 2d·Σ(x − c) + n·d². The shift stays within a
+            # standard deviation of the mean (see _recentre), so n·d² is no larger than Σ(x − c)².
+            d = centre - shift
             absmax[sl] = torch.maximum((low - centre).abs(), (high - centre).abs())
-            energy[sl] = (squares - 2 * d * total + n * d * d).clamp_min(0)  # Σ(x − c)²
-            batch_sum[sl] = total
-            self.sum[sl] += total
-            self.sumsq[sl] += squares
+            energy[sl] = squares
+            batch_sum[sl] = total + n * d
+            self.sum[sl] += batch_sum[sl]
+            self.sumsq[sl] += squares + 2 * d * total + n * d * d
             delta[sl] = d
         return delta, absmax, energy, batch_sum
 
