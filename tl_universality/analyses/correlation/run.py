@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,6 @@ from torch import Tensor
 from tl_universality.analyses.correlation.plan import (
     CHECKPOINT_FILE,
     FINAL_CHUNK,
-    MIX_CACHE_BYTES,
     CorrelationPlan,
     Tile,
 )
@@ -26,6 +26,7 @@ from tl_universality.core.saving import open_saved, remove_leftovers, save_folde
 from tl_universality.stats.baselines import (
     MIXING_KINDS,
     mixed_correlation,
+    mixed_variance,
     mixing_matrix,
     nanmax,
     noise_max_corr,
@@ -37,6 +38,8 @@ from tl_universality.stats.cross_moments import (
 from tl_universality.units.activations import (
     UnitIndex,
 )
+
+logger = logging.getLogger(__name__)
 
 # -- running reductions ---------------------------------------------------------------------------
 
@@ -101,6 +104,10 @@ class _Summary:
         return out
 
 
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -130,6 +137,10 @@ class _Segment:
     stop: int
     offset: int  # of ``start`` in the model's flat units
     hooks: tuple[tuple[int, int, int], ...]  # (hook, start, stop) on the tile side
+
+
+#: A layer's columns in one block of a pass: statistics, row and column segments, column range.
+_Use = tuple[CrossMoments, _Segment, _Segment, int, int]
 
 
 class CorrelationRun:
@@ -175,24 +186,73 @@ class CorrelationRun:
         self.next_pass = 0
         self.sequences = 0
         self.stats: list[CrossMoments] | None = None
-        self._mix_cache: dict[tuple[int, int, int], Tensor] = {}
-        self._mix_bytes = 0
+        # The mixing baselines, per (model, layer, draw): a layer's mixed variances (d numbers,
+        # computed once per run) and the passes whose reduction mixes the layer.
+        self._var_z: dict[tuple[int, int, int], Tensor] = {}
+        self._mix_passes = self._mixed_layer_passes() if baseline in MIXING_KINDS else {}
+        # Mixing matrices kept for a later pass, in the room the budget leaves next to the
+        # plan's peak (a run without a budget has one pass: nothing to keep).
+        self._mix_cache: dict[tuple[int, int, int], tuple[Tensor, int]] = {}  # (matrix, next pass)
+        self._mix_room = None if plan.budget is None else max(0, plan.budget - plan.peak_bytes)
+
+    def _mixed_layer_passes(self) -> dict[tuple[int, int], list[int]]:
+        """The passes whose reduction mixes each (model, layer), in order."""
+        out: dict[tuple[int, int], list[int]] = {}
+        for p, tiles in enumerate(self.plan.passes):
+            for t in tiles:
+                tile = self.plan.tiles[t]
+                layers = [(m, h) for m, h0, h1 in tile.b_parts for h in range(h0, h1)]
+                if any((m, tile.reference) in self.summaries for m, _, _ in tile.b_parts):
+                    layers += [(tile.reference, h) for h in range(*tile.a_hooks)]
+                for key in layers:
+                    seen = out.setdefault(key, [])
+                    if not seen or seen[-1] != p:
+                        seen.append(p)
+        return out
 
     def _mixing(self, model: int, hook: int, draw: int, d: int) -> Tensor:
-        """The mixing matrix of (model, layer, draw): the same whatever the tiling or order.
-
-        Kept while they fit in ``MIX_CACHE_BYTES``: tiles and the all-pairs reverse direction
-        reuse each one, and a QR per use would dominate small runs.
-        """
+        """The mixing matrix of (model, layer, draw): the same whatever the tiling or order."""
         key = (model, hook, draw)
         if key in self._mix_cache:
-            return self._mix_cache[key]
+            return self._mix_cache[key][0]
         assert self.baseline is not None
-        mix = mixing_matrix(self.baseline, d, seed=self.seed, key=key).to(self.device)
-        if self._mix_bytes + 8 * d * d <= MIX_CACHE_BYTES:
-            self._mix_cache[key] = mix
-            self._mix_bytes += 8 * d * d
-        return mix
+        return mixing_matrix(self.baseline, d, seed=self.seed, key=key).to(self.device)
+
+    def _keep_mixing(self, key: tuple[int, int, int], mix: Tensor) -> bool:
+        """After this pass used ``mix``: keep it for the next pass that mixes its layer if the
+        budget leaves room, making room by dropping kept matrices needed later than this one.
+
+        Returns False when it could not be kept: that later pass makes it again (the same
+        matrix, since it is seeded by its key).
+        """
+        self._mix_cache.pop(key, None)
+        later = [p for p in self._mix_passes[key[:2]] if p > self.next_pass]
+        if not later:
+            return True
+        if self._mix_room is not None:
+            free = self._mix_room - sum(_nbytes(m) for m, _ in self._mix_cache.values())
+            latest_first = sorted(
+                (k for k, (_, p) in self._mix_cache.items() if p > later[0]),
+                key=lambda k: -self._mix_cache[k][1],
+            )
+            drop = []
+            while free < _nbytes(mix) and latest_first:
+                drop.append(latest_first.pop(0))
+                free += _nbytes(self._mix_cache[drop[-1]][0])
+            if free < _nbytes(mix):
+                return False
+            for k in drop:
+                del self._mix_cache[k]
+        self._mix_cache[key] = (mix, later[0])
+        return True
+
+    def _mixed_var(
+        self, key: tuple[int, int, int], mix: Tensor, gram: Callable[[int, int], Tensor]
+    ) -> Tensor:
+        """The variances of the mixed units of (model, layer, draw), computed once per run."""
+        if key not in self._var_z:
+            self._var_z[key] = mixed_variance(gram(key[0], key[1]), mix)
+        return self._var_z[key]
 
     # -- tiles ---------------------------------------------------------------------------------
 
@@ -261,6 +321,8 @@ class CorrelationRun:
             stats, side, k = grams[(m, h)]
             return stats.within_a(k) if side == "a" else stats.within_b(k)
 
+        mixed: list[tuple[CrossMoments, _Segment, _Segment]] = []
+
         for tile, stats in zip(tiles, self.stats, strict=True):
             if stats.n == 0:
                 continue
@@ -273,49 +335,78 @@ class CorrelationRun:
                     seg.start : seg.stop
                 ].cpu()
             for seg in b_segs:
-                self._reduce(stats, a_seg, seg, gram, keep=True)
+                self._reduce(stats, a_seg, seg, keep=True)
+                mixed.append((stats, a_seg, seg))
                 if (seg.model, a_seg.model) in self.summaries:
-                    self._reduce(stats.T, seg, a_seg, gram, keep=False)
+                    self._reduce(stats.T, seg, a_seg, keep=False)
+                    mixed.append((stats.T, seg, a_seg))
+        if self.baseline in MIXING_KINDS:
+            self._mixing_baselines(mixed, gram)
         self.stats = None
 
-    def _reduce(
-        self,
-        stats: CrossMoments,
-        rows: _Segment,
-        cols: _Segment,
-        gram: Callable[[int, int], Tensor],
-        keep: bool,
-    ) -> None:
+    @staticmethod
+    def _chunks(rows: _Segment, cols: _Segment) -> list[tuple[int, int, slice]]:
+        """Row chunks ``(start, stop, rows of the model)`` whose block against ``cols`` has at
+        most ``FINAL_CHUNK`` entries (what the plan budgets for the reduction)."""
+        step = max(1, FINAL_CHUNK // max(1, cols.stop - cols.start))
+        out = []
+        for r0 in range(rows.start, rows.stop, step):
+            r1 = min(rows.stop, r0 + step)
+            out.append(
+                (r0, r1, slice(rows.offset + r0 - rows.start, rows.offset + r1 - rows.start))
+            )
+        return out
+
+    def _reduce(self, stats: CrossMoments, rows: _Segment, cols: _Segment, keep: bool) -> None:
         summary = self.summaries[(rows.model, cols.model)]
         n_cols = cols.stop - cols.start
-        step = max(1, FINAL_CHUNK // max(1, n_cols))
         col_slice = slice(cols.start, cols.stop)
-        chunks = [(r, min(rows.stop, r + step)) for r in range(rows.start, rows.stop, step)]
         matrix = self.matrices[(rows.model, cols.model)] if (keep and self.matrices) else None
-        for r0, r1 in chunks:
-            global_rows = slice(rows.offset + r0 - rows.start, rows.offset + r1 - rows.start)
+        for r0, r1, global_rows in self._chunks(rows, cols):
             corr = stats.corr(slice(r0, r1), col_slice)
             summary.update(global_rows, corr, cols.offset)
             if matrix is not None:
                 matrix[global_rows, cols.offset : cols.offset + n_cols] = corr.to(
                     "cpu", matrix.dtype
                 )
-        if self.baseline not in MIXING_KINDS:
-            return
-        m2_x = stats.m2_x
-        for h, s, e in cols.hooks:
-            cov_yy = gram(cols.model, h)
+
+    def _mixing_baselines(
+        self,
+        blocks: Sequence[tuple[CrossMoments, _Segment, _Segment]],
+        gram: Callable[[int, int], Tensor],
+    ) -> None:
+        """The mixing baseline of every (rows, columns) block of this pass, layer by layer.
+
+        Each (model, layer, draw) of the columns gets its mixing matrix once for the whole pass,
+        whichever tiles and directions mix that layer, and its mixed variances (a ``d³``
+        product) once for the whole run; the row chunks then cost one ``rows × d × d`` product.
+        """
+        by_layer: dict[tuple[int, int], list[_Use]] = {}
+        for stats, rows, cols in blocks:
+            for h, s, e in cols.hooks:
+                by_layer.setdefault((cols.model, h), []).append((stats, rows, cols, s, e))
+        again = 0
+        for (model, hook), uses in by_layer.items():
+            m2 = [stats.m2_x for stats, *_ in uses]
+            width = uses[0][4] - uses[0][3]
             for draw in range(self.n_draws):
+                key = (model, hook, draw)
                 # Keyed by (model, layer, draw): the same matrix whatever the tiling or order.
-                mix = self._mixing(cols.model, h, draw, e - s)
-                for r0, r1 in chunks:
-                    global_rows = slice(
-                        rows.offset + r0 - rows.start, rows.offset + r1 - rows.start
-                    )
-                    r = mixed_correlation(
-                        stats.comoment(slice(r0, r1), slice(s, e)), m2_x[r0:r1], cov_yy, mix
-                    )
-                    summary.add_baseline(draw, global_rows, nanmax(r))
+                mix = self._mixing(model, hook, draw, width)
+                var_z = self._mixed_var(key, mix, gram)
+                for (stats, rows, cols, s, e), m2_x in zip(uses, m2, strict=True):
+                    summary = self.summaries[(rows.model, model)]
+                    for r0, r1, global_rows in self._chunks(rows, cols):
+                        cov_xy = stats.comoment(slice(r0, r1), slice(s, e))
+                        r = mixed_correlation(cov_xy, m2_x[r0:r1], None, mix, var_z=var_z)
+                        summary.add_baseline(draw, global_rows, nanmax(r))
+                again += not self._keep_mixing(key, mix)
+        if again:
+            logger.info(
+                "The %s baseline will make %d mixing matrices again in later passes: the memory"
+                " budget leaves %d bytes next to the plan's peak, too few to keep them.",
+                self.baseline, again, self._mix_room,
+            )  # fmt: skip
 
     # -- checkpoints ---------------------------------------------------------------------------
 
