@@ -94,16 +94,34 @@ def mixing_matrix(
     raise ValueError(f"{kind!r} is not a mixing baseline; use one of {MIXING_KINDS}.")
 
 
+def mixed_variance(cov_yy: Float[Tensor, "d d"], mix: Float[Tensor, "k d"]) -> Float[Tensor, " k"]:
+    """Variance of each mixed unit ``z = mix @ y``: ``diag(mix · cov_yy · mixᵀ)``, in the scaling of
+    ``cov_yy`` (a ``k × d × d`` product: compute it once per matrix and pass it on as ``var_z``).
+
+    Examples:
+        >>> y = torch.randn(100, 3, dtype=torch.float64)
+        >>> yc, mix = y - y.mean(0), mixing_matrix("rotation", 3, seed=2)
+        >>> torch.allclose(mixed_variance(yc.T @ yc, mix), ((yc @ mix.T) ** 2).sum(0))
+        True
+    """
+    mix = mix.to(cov_yy)
+    return ((mix @ cov_yy) * mix).sum(1)
+
+
 def mixed_correlation(
     cov_xy: Float[Tensor, "a d"],
     var_x: Float[Tensor, " a"],
-    cov_yy: Float[Tensor, "d d"],
+    cov_yy: Float[Tensor, "d d"] | None,
     mix: Float[Tensor, "k d"],
+    *,
+    var_z: Float[Tensor, " k"] | None = None,
 ) -> Float[Tensor, "a k"]:
     """Correlation of each unit x with the mixed units ``z = mix @ y``, from second moments only.
 
     ``cov_xy``, ``var_x`` and ``cov_yy`` may be sums about the mean or covariances, as long as all
-    three use the same scaling. NaN where ``x`` or a mixed unit has zero variance.
+    three use the same scaling. ``var_z`` (:func:`mixed_variance` of ``cov_yy`` and ``mix``), when
+    given, spares its ``k × d × d`` product, and ``cov_yy`` may then be None: row chunks of one
+    layer share it. NaN where ``x`` or a mixed unit has zero variance.
 
     Examples:
         >>> f64 = torch.float64
@@ -117,9 +135,15 @@ def mixed_correlation(
         True
     """
     mix = mix.to(cov_xy)
+    if var_z is None:
+        if cov_yy is None:
+            raise ValueError("mixed_correlation needs cov_yy, or var_z = mixed_variance(...).")
+        var_z = mixed_variance(cov_yy, mix)
     cov_xz = cov_xy @ mix.T
-    var_z = ((mix @ cov_yy) * mix).sum(1)
-    r = (cov_xz / torch.sqrt(var_x[:, None] * var_z[None, :])).clamp_(-1.0, 1.0)
+    # In place: a row chunk of the baseline holds no more temporaries than it must.
+    scale = (var_x[:, None] * var_z[None, :]).sqrt_()
+    r = cov_xz.div_(scale).clamp_(-1.0, 1.0)
+    del scale
     undefined = (var_x <= 0)[:, None] | (var_z <= 0)[None, :]
     return r.masked_fill_(undefined, torch.nan)
 

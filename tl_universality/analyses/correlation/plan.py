@@ -40,8 +40,6 @@ logger = logging.getLogger(__name__)
 
 #: Results are reduced in row chunks whose float64 correlation block has at most this many entries.
 FINAL_CHUNK = 1 << 24
-#: Baseline mixing matrices are cached up to this many bytes per run (regenerated beyond).
-MIX_CACHE_BYTES = 1 << 28
 CHECKPOINT_FILE = "correlation_state.safetensors"
 FORMAT_VERSION = 1
 
@@ -267,7 +265,14 @@ class _Sizer:
         product_tmp = 0 if self.product == torch.float64 else 4 * min(t.n_a * t.n_b, PRODUCT_CHUNK)
         centred = self.tokens * (t.n_a + t.n_b) * self.itemsize
         centring = 8 * min(CENTRE_BLOCK_CPU, self.tokens * max(t.n_a, t.n_b)) + 16 * t.n_b
-        reduce = 4 * 8 * min(FINAL_CHUNK, t.n_a * t.n_b)
+        chunk = min(FINAL_CHUNK, t.n_a * t.n_b)  # float64 entries of one row chunk's block
+        reduce = 4 * 8 * chunk
+        if self.mixing:  # three blocks next to a d x d mixing matrix, or two d x d at once
+            mixed = [self.indices[m].widths[h] for m, h0, h1 in t.b_parts for h in range(h0, h1)]
+            if self.all_pairs:
+                mixed += self.indices[t.reference].widths[t.a_hooks[0] : t.a_hooks[1]]
+            d2 = max(mixed) ** 2
+            reduce = max(reduce, 8 * (3 * chunk + d2), 8 * 2 * d2)
         return product_tmp + centred + max(centring, reduce)
 
     def activations(self) -> int:
@@ -424,8 +429,10 @@ def _reference_tiles(
             lo, hi = (mid, hi) if fits(list(a_groups), mid) else (lo, mid - 1)
         cand = [
             sizer.tile(i, ag, _parts_of(b_list[b0:b1]))
-            for ag in a_groups
+            # B group by B group: the tiles that share B layers (which the mixing baselines
+            # rotate, one matrix per layer) fall into as few consecutive passes as they can.
             for b0, b1 in _groups(b_widths, lo)
+            for ag in a_groups
         ]
         score = len(_pack(cand, sizer, avail))
         if best is None or (score, len(cand)) < (best[0], len(best[1])):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,11 @@ from torch import Tensor
 from tl_universality.analyses.correlation.plan import (
     CHECKPOINT_FILE,
     FINAL_CHUNK,
-    MIX_CACHE_BYTES,
     CorrelationPlan,
     Tile,
 )
 from tl_universality.analyses.correlation.result import CorrelationResult
+from tl_universality.analyses.correlation.summary import Summary
 from tl_universality.core.errors import (
     CorruptCacheError,
 )
@@ -26,6 +27,7 @@ from tl_universality.core.saving import open_saved, remove_leftovers, save_folde
 from tl_universality.stats.baselines import (
     MIXING_KINDS,
     mixed_correlation,
+    mixed_variance,
     mixing_matrix,
     nanmax,
     noise_max_corr,
@@ -38,129 +40,11 @@ from tl_universality.units.activations import (
     UnitIndex,
 )
 
-# -- running reductions ---------------------------------------------------------------------------
+logger = logging.getLogger(__name__)
 
 
-class _Summary:
-    """Running per-row reductions of the correlation of reference ``r`` with model ``c``."""
-
-    FIELDS = ("max_val", "max_idx", "min_val", "min_idx", "top_val", "top_idx", "base")
-    # with ``screen``: the K most anti-correlated units too, and the co-moments of both lists
-    SCREEN_FIELDS = ("low_val", "low_idx", "top_com", "low_com")
-
-    def __init__(
-        self, n_rows: int, top_k: int, n_draws: int, device: torch.device, screen: int = 0
-    ) -> None:
-        f64 = dict(dtype=torch.float64, device=device)
-        i64 = dict(dtype=torch.int64, device=device)
-        self.screen = screen
-        if screen:
-            self.low_val = torch.full((n_rows, screen), torch.inf, **f64)  # type: ignore[arg-type]
-            self.low_idx = torch.full((n_rows, screen), -1, **i64)  # type: ignore[arg-type]
-            self.top_com = torch.full((n_rows, top_k), torch.nan, **f64)  # type: ignore[arg-type]
-            self.low_com = torch.full((n_rows, screen), torch.nan, **f64)  # type: ignore[arg-type]
-        self.max_val = torch.full((n_rows,), -torch.inf, **f64)  # type: ignore[arg-type]
-        self.max_idx = torch.full((n_rows,), -1, **i64)  # type: ignore[arg-type]
-        self.min_val = torch.full((n_rows,), torch.inf, **f64)  # type: ignore[arg-type]
-        self.min_idx = torch.full((n_rows,), -1, **i64)  # type: ignore[arg-type]
-        self.top_val = torch.full((n_rows, top_k), -torch.inf, **f64)  # type: ignore[arg-type]
-        self.top_idx = torch.full((n_rows, top_k), -1, **i64)  # type: ignore[arg-type]
-        self.base = torch.full((n_draws, n_rows), torch.nan, **f64)  # type: ignore[arg-type]
-
-    def update(
-        self, rows: slice, corr: Tensor, col_offset: int, comoment: Tensor | None = None
-    ) -> None:
-        nan = corr.isnan()
-        has_nan = bool(nan.any())
-        # NaN (dead) never wins a max or a min; copies only when there is one.
-        high = corr.masked_fill(nan, -torch.inf) if has_nan else corr
-        val, idx = high.max(1)
-        better = val > self.max_val[rows]
-        self.max_val[rows] = torch.where(better, val, self.max_val[rows])
-        self.max_idx[rows] = torch.where(better, idx + col_offset, self.max_idx[rows])
-        val, idx = (corr.masked_fill(nan, torch.inf) if has_nan else corr).min(1)
-        better = val < self.min_val[rows]
-        self.min_val[rows] = torch.where(better, val, self.min_val[rows])
-        self.min_idx[rows] = torch.where(better, idx + col_offset, self.min_idx[rows])
-        k = self.top_val.shape[1]
-        if k:
-            tv, ti = high.topk(min(k, high.shape[1]), dim=1)
-            vals = torch.cat([self.top_val[rows], tv], 1)
-            idxs = torch.cat([self.top_idx[rows], ti + col_offset], 1)
-            best, order = vals.topk(k, dim=1)
-            self.top_val[rows] = best
-            self.top_idx[rows] = idxs.gather(1, order)
-            if self.screen and comoment is not None:
-                coms = torch.cat([self.top_com[rows], comoment.gather(1, ti)], 1)
-                self.top_com[rows] = coms.gather(1, order)
-        if self.screen and comoment is not None:
-            low = corr.masked_fill(nan, torch.inf) if has_nan else corr
-            lv, li = low.topk(min(self.screen, low.shape[1]), dim=1, largest=False)
-            vals = torch.cat([self.low_val[rows], lv], 1)
-            order = vals.topk(self.screen, dim=1, largest=False).indices
-            self.low_val[rows] = vals.gather(1, order)
-            idxs = torch.cat([self.low_idx[rows], li + col_offset], 1)
-            self.low_idx[rows] = idxs.gather(1, order)
-            coms = torch.cat([self.low_com[rows], comoment.gather(1, li)], 1)
-            self.low_com[rows] = coms.gather(1, order)
-
-    def add_baseline(self, draw: int, rows: slice, best: Tensor) -> None:
-        self.base[draw, rows] = torch.fmax(self.base[draw, rows], best)
-
-    def fields(self) -> tuple[str, ...]:
-        return self.FIELDS + (self.SCREEN_FIELDS if self.screen else ())
-
-    def tensors(self, prefix: str) -> dict[str, Tensor]:
-        return {f"{prefix}{f}": getattr(self, f) for f in self.fields()}
-
-    def merge(self, gathered: dict[str, Sequence[Tensor]]) -> None:
-        """Combine every rank's reductions (``gathered[field]``, one tensor per rank) exactly.
-
-        Ties go to the lower column index, whatever the rank order, so every rank gets the same
-        result, and the one process gets when it meets the columns in order. Columns met by two
-        ranks (a repeated merge) count once, so merging merged reductions changes nothing.
-        """
-        for val, idx, sign in (("max_val", "max_idx", 1.0), ("min_val", "min_idx", -1.0)):
-            vals, idxs = _ranked(sign * torch.stack(list(gathered[val]), 1), gathered[idx])
-            setattr(self, val, sign * vals[:, 0])
-            setattr(self, idx, idxs[:, 0])
-        k = self.top_val.shape[1]
-        if k:
-            vals, idxs = _ranked(torch.cat(list(gathered["top_val"]), 1), gathered["top_idx"])
-            self.top_val, self.top_idx = vals[:, :k].contiguous(), idxs[:, :k].contiguous()
-        base = gathered["base"][0]
-        for other in gathered["base"][1:]:
-            base = torch.fmax(base, other)  # NaN (nothing seen by that rank) never wins
-        self.base = base.clone()
-
-    def load(self, state: dict[str, Tensor], prefix: str) -> None:
-        for f in self.fields():
-            setattr(self, f, state[f"{prefix}{f}"].to(getattr(self, f).device).clone())
-
-    def finished(self) -> dict[str, Tensor]:
-        """Values with "nothing seen" (every entry NaN) turned into NaN and index -1."""
-        out = {}
-        for v, i in (("max_val", "max_idx"), ("min_val", "min_idx"), ("top_val", "top_idx")):
-            val, idx = getattr(self, v), getattr(self, i)
-            missing = torch.isinf(val)
-            out[v] = val.masked_fill(missing, torch.nan).cpu()
-            out[i] = idx.masked_fill(missing, -1).cpu()
-        out["base"] = self.base.cpu()
-        return out
-
-
-def _ranked(vals: Tensor, idx_parts: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """Each row's entries in order of value (descending) then column index (ascending, -1 last),
-    a column index that occurs twice in a row kept once."""
-    idxs = torch.cat([i.reshape(vals.shape[0], -1) for i in idx_parts], 1)
-    key = idxs.masked_fill(idxs < 0, torch.iinfo(torch.int64).max)
-    key, order = torch.sort(key, dim=1, stable=True)
-    vals, idxs = vals.gather(1, order), idxs.gather(1, order)
-    repeat = torch.zeros_like(idxs, dtype=torch.bool)
-    repeat[:, 1:] = (key[:, 1:] == key[:, :-1]) & (idxs[:, 1:] >= 0)
-    vals, idxs = vals.masked_fill(repeat, -torch.inf), idxs.masked_fill(repeat, -1)
-    vals, order = torch.sort(vals, dim=1, descending=True, stable=True)
-    return vals, idxs.gather(1, order)
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -192,6 +76,10 @@ class _Segment:
     stop: int
     offset: int  # of ``start`` in the model's flat units
     hooks: tuple[tuple[int, int, int], ...]  # (hook, start, stop) on the tile side
+
+
+#: A layer's columns in one block of a pass: statistics, row and column segments, column range.
+_Use = tuple[CrossMoments, _Segment, _Segment, int, int]
 
 
 class CorrelationRun:
@@ -229,7 +117,7 @@ class CorrelationRun:
             self.directions += [(j, i) for i, j in plan.pairs]
         draws = n_draws if baseline else 0
         self.summaries = {
-            (r, c): _Summary(indices[r].n_units, top_k, draws, device, screen)
+            (r, c): Summary(indices[r].n_units, top_k, draws, device, screen)
             for r, c in self.directions
         }
         self.matrices = (
@@ -249,24 +137,73 @@ class CorrelationRun:
         self.next_pass = 0
         self.sequences = 0
         self.stats: list[CrossMoments] | None = None
-        self._mix_cache: dict[tuple[int, int, int], Tensor] = {}
-        self._mix_bytes = 0
+        # The mixing baselines, per (model, layer, draw): a layer's mixed variances (d numbers,
+        # computed once per run) and the passes whose reduction mixes the layer.
+        self._var_z: dict[tuple[int, int, int], Tensor] = {}
+        self._mix_passes = self._mixed_layer_passes() if baseline in MIXING_KINDS else {}
+        # Mixing matrices kept for a later pass, in the room the budget leaves next to the
+        # plan's peak (a run without a budget has one pass: nothing to keep).
+        self._mix_cache: dict[tuple[int, int, int], tuple[Tensor, int]] = {}  # (matrix, next pass)
+        self._mix_room = None if plan.budget is None else max(0, plan.budget - plan.peak_bytes)
+
+    def _mixed_layer_passes(self) -> dict[tuple[int, int], list[int]]:
+        """The passes whose reduction mixes each (model, layer), in order."""
+        out: dict[tuple[int, int], list[int]] = {}
+        for p, tiles in enumerate(self.plan.passes):
+            for t in tiles:
+                tile = self.plan.tiles[t]
+                layers = [(m, h) for m, h0, h1 in tile.b_parts for h in range(h0, h1)]
+                if any((m, tile.reference) in self.summaries for m, _, _ in tile.b_parts):
+                    layers += [(tile.reference, h) for h in range(*tile.a_hooks)]
+                for key in layers:
+                    seen = out.setdefault(key, [])
+                    if not seen or seen[-1] != p:
+                        seen.append(p)
+        return out
 
     def _mixing(self, model: int, hook: int, draw: int, d: int) -> Tensor:
-        """The mixing matrix of (model, layer, draw): the same whatever the tiling or order.
-
-        Kept while they fit in ``MIX_CACHE_BYTES``: tiles and the all-pairs reverse direction
-        reuse each one, and a QR per use would dominate small runs.
-        """
+        """The mixing matrix of (model, layer, draw): the same whatever the tiling or order."""
         key = (model, hook, draw)
         if key in self._mix_cache:
-            return self._mix_cache[key]
+            return self._mix_cache[key][0]
         assert self.baseline is not None
-        mix = mixing_matrix(self.baseline, d, seed=self.seed, key=key).to(self.device)
-        if self._mix_bytes + 8 * d * d <= MIX_CACHE_BYTES:
-            self._mix_cache[key] = mix
-            self._mix_bytes += 8 * d * d
-        return mix
+        return mixing_matrix(self.baseline, d, seed=self.seed, key=key).to(self.device)
+
+    def _keep_mixing(self, key: tuple[int, int, int], mix: Tensor) -> bool:
+        """After this pass used ``mix``: keep it for the next pass that mixes its layer if the
+        budget leaves room, making room by dropping kept matrices needed later than this one.
+
+        Returns False when it could not be kept: that later pass makes it again (the same
+        matrix, since it is seeded by its key).
+        """
+        self._mix_cache.pop(key, None)
+        later = [p for p in self._mix_passes[key[:2]] if p > self.next_pass]
+        if not later:
+            return True
+        if self._mix_room is not None:
+            free = self._mix_room - sum(_nbytes(m) for m, _ in self._mix_cache.values())
+            latest_first = sorted(
+                (k for k, (_, p) in self._mix_cache.items() if p > later[0]),
+                key=lambda k: -self._mix_cache[k][1],
+            )
+            drop = []
+            while free < _nbytes(mix) and latest_first:
+                drop.append(latest_first.pop(0))
+                free += _nbytes(self._mix_cache[drop[-1]][0])
+            if free < _nbytes(mix):
+                return False
+            for k in drop:
+                del self._mix_cache[k]
+        self._mix_cache[key] = (mix, later[0])
+        return True
+
+    def _mixed_var(
+        self, key: tuple[int, int, int], mix: Tensor, gram: Callable[[int, int], Tensor]
+    ) -> Tensor:
+        """The variances of the mixed units of (model, layer, draw), computed once per run."""
+        if key not in self._var_z:
+            self._var_z[key] = mixed_variance(gram(key[0], key[1]), mix)
+        return self._var_z[key]
 
     # -- tiles ---------------------------------------------------------------------------------
 
@@ -336,6 +273,8 @@ class CorrelationRun:
             stats, side, k = grams[(m, h)]
             return stats.within_a(k) if side == "a" else stats.within_b(k)
 
+        mixed: list[tuple[CrossMoments, _Segment, _Segment]] = []
+
         for tile, stats in zip(tiles, self.stats, strict=True):
             if stats.n == 0:
                 continue
@@ -351,27 +290,34 @@ class CorrelationRun:
                 self.means[seg.model][cols] = stats.mean_y[seg.start : seg.stop].cpu()
                 self.m2s[seg.model][cols] = stats.m2_y[seg.start : seg.stop].cpu()
             for seg in b_segs:
-                self._reduce(stats, a_seg, seg, gram, keep=True)
+                self._reduce(stats, a_seg, seg, keep=True)
+                mixed.append((stats, a_seg, seg))
                 if (seg.model, a_seg.model) in self.summaries:
-                    self._reduce(stats.T, seg, a_seg, gram, keep=False)
+                    self._reduce(stats.T, seg, a_seg, keep=False)
+                    mixed.append((stats.T, seg, a_seg))
+        if self.baseline in MIXING_KINDS:
+            self._mixing_baselines(mixed, gram)
         self.stats = None
 
-    def _reduce(
-        self,
-        stats: CrossMoments,
-        rows: _Segment,
-        cols: _Segment,
-        gram: Callable[[int, int], Tensor],
-        keep: bool,
-    ) -> None:
+    @staticmethod
+    def _chunks(rows: _Segment, cols: _Segment) -> list[tuple[int, int, slice]]:
+        """Row chunks ``(start, stop, rows of the model)`` whose block against ``cols`` has at
+        most ``FINAL_CHUNK`` entries (what the plan budgets for the reduction)."""
+        step = max(1, FINAL_CHUNK // max(1, cols.stop - cols.start))
+        out = []
+        for r0 in range(rows.start, rows.stop, step):
+            r1 = min(rows.stop, r0 + step)
+            out.append(
+                (r0, r1, slice(rows.offset + r0 - rows.start, rows.offset + r1 - rows.start))
+            )
+        return out
+
+    def _reduce(self, stats: CrossMoments, rows: _Segment, cols: _Segment, keep: bool) -> None:
         summary = self.summaries[(rows.model, cols.model)]
         n_cols = cols.stop - cols.start
-        step = max(1, FINAL_CHUNK // max(1, n_cols))
         col_slice = slice(cols.start, cols.stop)
-        chunks = [(r, min(rows.stop, r + step)) for r in range(rows.start, rows.stop, step)]
         matrix = self.matrices[(rows.model, cols.model)] if (keep and self.matrices) else None
-        for r0, r1 in chunks:
-            global_rows = slice(rows.offset + r0 - rows.start, rows.offset + r1 - rows.start)
+        for r0, r1, global_rows in self._chunks(rows, cols):
             corr = stats.corr(slice(r0, r1), col_slice)
             com = stats.comoment(slice(r0, r1), col_slice) if self.screen else None
             summary.update(global_rows, corr, cols.offset, com)
@@ -379,22 +325,44 @@ class CorrelationRun:
                 matrix[global_rows, cols.offset : cols.offset + n_cols] = corr.to(
                     "cpu", matrix.dtype
                 )
-        if self.baseline not in MIXING_KINDS:
-            return
-        m2_x = stats.m2_x
-        for h, s, e in cols.hooks:
-            cov_yy = gram(cols.model, h)
+
+    def _mixing_baselines(
+        self,
+        blocks: Sequence[tuple[CrossMoments, _Segment, _Segment]],
+        gram: Callable[[int, int], Tensor],
+    ) -> None:
+        """The mixing baseline of every (rows, columns) block of this pass, layer by layer.
+
+        Each (model, layer, draw) of the columns gets its mixing matrix once for the whole pass,
+        whichever tiles and directions mix that layer, and its mixed variances (a ``d³``
+        product) once for the whole run; the row chunks then cost one ``rows × d × d`` product.
+        """
+        by_layer: dict[tuple[int, int], list[_Use]] = {}
+        for stats, rows, cols in blocks:
+            for h, s, e in cols.hooks:
+                by_layer.setdefault((cols.model, h), []).append((stats, rows, cols, s, e))
+        again = 0
+        for (model, hook), uses in by_layer.items():
+            m2 = [stats.m2_x for stats, *_ in uses]
+            width = uses[0][4] - uses[0][3]
             for draw in range(self.n_draws):
+                key = (model, hook, draw)
                 # Keyed by (model, layer, draw): the same matrix whatever the tiling or order.
-                mix = self._mixing(cols.model, h, draw, e - s)
-                for r0, r1 in chunks:
-                    global_rows = slice(
-                        rows.offset + r0 - rows.start, rows.offset + r1 - rows.start
-                    )
-                    r = mixed_correlation(
-                        stats.comoment(slice(r0, r1), slice(s, e)), m2_x[r0:r1], cov_yy, mix
-                    )
-                    summary.add_baseline(draw, global_rows, nanmax(r))
+                mix = self._mixing(model, hook, draw, width)
+                var_z = self._mixed_var(key, mix, gram)
+                for (stats, rows, cols, s, e), m2_x in zip(uses, m2, strict=True):
+                    summary = self.summaries[(rows.model, model)]
+                    for r0, r1, global_rows in self._chunks(rows, cols):
+                        cov_xy = stats.comoment(slice(r0, r1), slice(s, e))
+                        r = mixed_correlation(cov_xy, m2_x[r0:r1], None, mix, var_z=var_z)
+                        summary.add_baseline(draw, global_rows, nanmax(r))
+                again += not self._keep_mixing(key, mix)
+        if again:
+            logger.info(
+                "The %s baseline will make %d mixing matrices again in later passes: the memory"
+                " budget leaves %d bytes next to the plan's peak, too few to keep them.",
+                self.baseline, again, self._mix_room,
+            )  # fmt: skip
 
     # -- checkpoints ---------------------------------------------------------------------------
 
