@@ -35,17 +35,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.correlation import BOS, SIZES, build, make_tokens, print_table  # noqa: E402
+from benchmarks.correlation import (  # noqa: E402
+    BOS,
+    SIZES,
+    build,
+    make_tokens,
+    peak_reset,
+    print_table,
+)
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
 
 
 class _Timer:
@@ -86,9 +85,7 @@ def child(args) -> None:
     run_module.CorrelationRun._mixing_baselines = lambda self, *a: mixing(self, *a)
     run_module.CorrelationRun.finish_pass = lambda self: reduce(self)
 
-    with open("/proc/self/clear_refs", "w") as f:  # peak RSS from here on (Linux)
-        f.write("5")
-    before = _status("VmRSS")
+    before, peak_of = peak_reset()  # peak RSS from here on
     t0 = time.perf_counter()
     result = correlate(
         models[0], models[1], toks, batch_size=args.batch_size, device=args.device,
@@ -97,7 +94,7 @@ def child(args) -> None:
     wall = time.perf_counter() - t0
     out = dict(
         wall=wall, passes=plan.n_passes, tiles=len(plan.tiles), plan_peak=plan.peak_bytes,
-        tokens=result.n_tokens, rss_before=before, rss_peak=_status("VmHWM"),
+        tokens=result.n_tokens, rss_before=before, rss_peak=peak_of(),
         reduce_s=reduce.seconds, baseline_s=mixing.seconds, qr_s=qr.seconds, qr_n=qr.calls,
         var_s=var.seconds, var_n=var.calls,
         unique=args.n_layers * args.draws,  # (model, layer, draw) of the other model

@@ -244,25 +244,24 @@ def _status(field: str) -> int:
     raise KeyError(field)
 
 
+def peak_reset():
+    """(RSS now, a function giving the peak since now); Linux clear_refs, else ru_maxrss."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status("VmRSS"), lambda: _status("VmHWM")
+    except OSError:
+        now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return now, lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def memory_child(args) -> None:
     """Run one correlate in this (fresh) process and print its peak memory as JSON."""
     from tl_universality.analyses.correlation import correlate
 
     models = [build(args.size, seed, args.n_ctx, args.device) for seed in range(3)]
     toks = make_tokens(args.n_seq, args.seq_len, SIZES[args.size]["d_vocab"])
-    try:  # reset the peak-RSS mark (Linux), so the peak is correlate's, not the imports'
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _status("VmRSS")
-
-        def peak_of() -> int:
-            return _status("VmHWM")
-    except OSError:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-        def peak_of() -> int:
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
+    before, peak_of = peak_reset()  # the peak is correlate's, not the imports'
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     result = correlate(
@@ -303,17 +302,6 @@ def bench_memory(args, factors=(1, 4)) -> list:
 # -- 4. screened vs exhaustive vs reference-style ------------------------------------------------
 
 
-def _peak_reset():
-    """(RSS now, a function giving the peak since now); Linux clear_refs, else ru_maxrss."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _status("VmRSS"), lambda: _status("VmHWM")
-    except OSError:
-        now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return now, lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def screened_child(args) -> None:
     """One pipeline (args.screened_child) on k models in this fresh process: time, peak memory
     and the per-model max-correlations, written to args.out (safetensors) and printed as JSON."""
@@ -347,7 +335,7 @@ def screened_child(args) -> None:
         return out
 
     go(models[:2], toks[:2])  # warm-up: BLAS, allocator
-    before, peak_of = _peak_reset()
+    before, peak_of = peak_reset()
     wall, cpu, out = timed(lambda: go(models, toks), args.device)
     peak = peak_of()
     save_file({n: v.contiguous() for n, v in out.items()}, args.out)
