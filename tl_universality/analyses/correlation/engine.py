@@ -76,6 +76,7 @@ from tl_universality.stats.cross_moments import (
     resolve_product_dtype,
 )
 from tl_universality.units.activations import (
+    UnitIndex,
     UnitsSpec,
     excluded_token_ids,
     model_device,
@@ -214,7 +215,9 @@ def correlate(
     # The whole stream, and the part this run reads: growing max_tokens on a checkpoint
     # continues the same stream.
     stream = resolve_tokens(tokens, models, seq_len=cfg.seq_len, bos_token_id=bos_token_id)
-    setup = Setup(models, specs, labels, dev, stream, folder, progress, callback)
+    indices = [unit_index(m, s) for m, s in zip(models, specs, strict=True)]
+    weights = [weights_digest(m) for m in models]
+    setup = Setup(models, specs, indices, weights, labels, dev, stream, folder, progress, callback)
     if cfg.candidates is not None:
         from tl_universality.analyses.correlation.screened import correlate_screened
 
@@ -230,6 +233,8 @@ class Setup:
 
     models: list[HookedModel]
     specs: list[Any]
+    indices: list[UnitIndex]  # of ``specs`` on each model
+    weights: list[str]  # SHA-256 of each model's weights
     labels: list[str]
     device: torch.device
     stream: TokenSource
@@ -245,7 +250,6 @@ class Exhaustive:
     run: CorrelationRun
     config: dict[str, Any]
     digests: list[str]
-    seq_len: int
 
 
 def run_exhaustive(setup: Setup, cfg: CorrelationConfig, screen: int = 0) -> Exhaustive:
@@ -254,7 +258,7 @@ def run_exhaustive(setup: Setup, cfg: CorrelationConfig, screen: int = 0) -> Exh
     models, specs, labels, dev = setup.models, setup.specs, setup.labels, setup.device
     folder, progress, callback = setup.folder, setup.progress, setup.callback
     model = models[0]
-    indices = [unit_index(m, s) for m, s in zip(models, specs, strict=True)]
+    indices, weights = setup.indices, setup.weights
     product, _ = resolve_product_dtype(cfg.product_dtype, dev)
     matrix_dtype = resolve_matrix_dtype(cfg.keep_matrix)
     stream = setup.stream
@@ -302,7 +306,6 @@ def run_exhaustive(setup: Setup, cfg: CorrelationConfig, screen: int = 0) -> Exh
         screen=screen,
         rank=shard.rank,
     )
-    weights = [weights_digest(m) for m in models]
     config_out = {
         **cfg.to_dict(),
         "names": labels,
@@ -428,7 +431,7 @@ def run_exhaustive(setup: Setup, cfg: CorrelationConfig, screen: int = 0) -> Exh
     run.add_noise_baseline()
     if not resumed_complete and plan.n_passes > 1:
         checkpoint(complete=True)
-    return Exhaustive(run, config_out, digests, source.seq_len)
+    return Exhaustive(run, config_out, digests)
 
 
 def _settings(config: CorrelationConfig | None, given: CorrelationConfig) -> CorrelationConfig:

@@ -22,6 +22,8 @@ exhaustive run over the same tokens reports.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import sys
 from collections.abc import Iterator
@@ -111,6 +113,7 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
             f"tol={cfg.tol} (early stop) is not supported under torch.distributed. Fix: drop tol,"
             " or run the screened correlation in one process."
         )
+    _check_width(setup, cfg, k)
     stream = setup.stream
     whole = stream.limit(cfg.max_tokens) if cfg.max_tokens is not None else stream
     n1_seq = screen_sequences(cfg, whole)
@@ -136,12 +139,8 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
             n1_seq,
         )  # fmt: skip
     else:
-        stage1 = Setup(
-            setup.models, setup.specs, setup.labels, setup.device, stream,
-            None if folder is None else folder / "screen", setup.progress, setup.callback,
-        )  # fmt: skip
+        stage1 = dataclasses.replace(setup, folder=None if folder is None else folder / "screen")
         done = run_exhaustive(stage1, cfg1, screen=k)
-        _check_width(done.run, k, setup.labels)
         screen = Screened.from_stage1(done.run, k, shard.rank, setup.device)
         config = {**done.config, **cfg.to_dict(), "screen_tokens_used": done.run.n_tokens}
         meta = {
@@ -158,29 +157,26 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
 
 def _models_print(setup: Setup) -> dict[str, Any]:
     """What the statistics depend on besides the settings and the token contents."""
-    import json
-
-    from tl_universality.analyses.correlation.fingerprint import weights_digest
-
     out = {
         "models": [
-            {"name": n, "weights": weights_digest(m)}
-            for n, m in zip(setup.labels, setup.models, strict=True)
+            {"name": n, "weights": w} for n, w in zip(setup.labels, setup.weights, strict=True)
         ],
-        "units": [_index(setup, m).to_dict() for m in range(len(setup.models))],
+        "units": [i.to_dict() for i in setup.indices],
         "seq_len": setup.stream.seq_len,
     }
     return json.loads(json.dumps(out, default=str))
 
 
-def _check_width(run: CorrelationRun, k: int, labels: list[str]) -> None:
-    for _, c in run.directions:
-        b = run.indices[c].n_units
+def _check_width(setup: Setup, cfg: CorrelationConfig, k: int) -> None:
+    """Refuse, before any work, a K whose 2K candidates would not leave a non-candidate."""
+    columns = range(len(setup.models)) if cfg.all_pairs else range(1, len(setup.models))
+    for c in columns:
+        b = setup.indices[c].n_units
         if 2 * k >= b:
             raise InvalidArgumentError(
-                f"candidates={k} keeps {2 * k} of each other model's units, but {labels[c]} has"
-                f" only {b}. Fix: pass candidates < {(b + 1) // 2}, or candidates=None (the"
-                " exhaustive mode, cheap at this size)."
+                f"candidates={k} keeps {2 * k} of each other model's units, but"
+                f" {setup.labels[c]} has only {b}. Fix: pass candidates < {(b + 1) // 2}, or"
+                " candidates=None (the exhaustive mode, cheap at this size)."
             )
 
 
@@ -408,8 +404,8 @@ def _results(setup: Setup, cfg, screen: Screened, meta: dict[str, Any]):
         reds = [screen.reduce((r, c), cfg.top_k, cfg.certificate_sigmas) for c in others]
         out.append(
             CorrelationResult(
-                units=_index(setup, r),
-                other_units=tuple(_index(setup, c) for c in others),
+                units=setup.indices[r],
+                other_units=tuple(setup.indices[c] for c in others),
                 names=(labels[r], *(labels[c] for c in others)),
                 n_tokens=n_tokens,
                 max_corr=torch.stack([d["max_corr"] for d in reds]),
@@ -429,12 +425,6 @@ def _results(setup: Setup, cfg, screen: Screened, meta: dict[str, Any]):
             )
         )
     return out if cfg.all_pairs else out[0]
-
-
-def _index(setup: Setup, m: int):
-    from tl_universality.units.activations import unit_index
-
-    return unit_index(setup.models[m], setup.specs[m])
 
 
 def _load(pairs_dir: Path | None):
