@@ -66,7 +66,7 @@ def test_gathered_products_equal_sampled_products() -> None:
     xs, ys = x.view(3, 40, 4), y.view(3, 40, 6)
     want = torch.einsum("sta,stb->sab", xs, ys).gather(2, cols.expand(3, -1, -1))
     lens = torch.full((3,), 40)
-    got = pm._pair_products(Sequences(xs, lens), Sequences(ys, lens))
+    got = pm._pair_products(Sequences.from_padded(xs, lens), Sequences.from_padded(ys, lens))
     assert torch.allclose(got, want, atol=1e-12)
     assert torch.allclose(pm._gathered_products(xs, ys), want, atol=1e-12)
     # shared chunks (one float64 copy per model) give what update gives

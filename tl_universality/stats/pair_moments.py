@@ -94,6 +94,8 @@ class PairMoments:
         self.block_n_sq = 0  # Σ n_b²
         self.blocked_tokens = 0  # Σ n_b
         self._patterns: dict[int, Tensor] = {}
+        self._pair_scale: Tensor | None = None
+        self._half_pilot: Tensor | None = None
         self._sorted, order = self.cols.sort(1)
         self._inverse = order.argsort(1)
 
@@ -178,20 +180,23 @@ class PairMoments:
         lens = x.lengths.to(self.device)
         p_b = self._pair_products(x, y)  # [s, a, k]
         self.n += int(lens.sum())
-        self.sx += x.sums.sum(0)
-        self.sy += y.sums.sum(0)
+        self.sx += x.sums
+        self.sy += y.sums
         self.sxx += x.squares.sum(0)
         self.syy += y.squares.sum(0)
         self.sxy += p_b.sum(0)
         # Ψ_b of each pair at the pilot: Σ x̃ỹ - r₀/2 (Σ x̃² + Σ ỹ²), x̃ = x'/scale.
         ix, iy = 1.0 / self.scale_x, 1.0 / self.scale_y
-        psi = p_b * (ix[:, None] * iy[self.cols]) - 0.5 * self.pilot * (
-            (x.squares * ix * ix)[:, :, None] + (y.squares * iy * iy)[:, self.cols]
+        if self._pair_scale is None:  # the scales are fixed: 1/(σx σy) of every pair, once
+            self._pair_scale = ix[:, None] * iy[self.cols]
+            self._half_pilot = 0.5 * self.pilot
+        psi = p_b.mul_(self._pair_scale).sub_(
+            self._half_pilot
+            * ((x.squares * ix * ix)[:, :, None] + (y.squares * iy * iy)[:, self.cols])
         )
-        n_b = lens.to(f64)[:, None, None]
         self.psi += psi.sum(0)
-        self.psi_sq += (psi * psi).sum(0)
-        self.psi_n += (psi * n_b).sum(0)
+        self.psi_sq += torch.einsum("sak,sak->ak", psi, psi)
+        self.psi_n += torch.einsum("s,sak->ak", lens.to(f64), psi)
         self.blocks += int(lens.shape[0])
         self.blocked_tokens += int(lens.sum())
         self.block_n_sq += int((lens * lens).sum())
@@ -321,37 +326,50 @@ class PairMoments:
 
 
 class Sequences:
-    """A chunk of whole sequences as padded ``[s, width, units]`` float64, centred about a shift
-    (padding is 0 and adds nothing), with the per-sequence sums the moments need."""
+    """A chunk of whole sequences as one ``[s, units, width]`` float64 tensor, centred about a
+    shift, each sequence zero-padded to ``width`` (padding adds nothing), with the per-unit sums
+    and per-sequence sums of squares the moments need.
 
-    def __init__(self, padded: Float[Tensor, "s w u"], lengths: Int[Tensor, " s"]) -> None:
-        self.padded, self.lengths = padded, lengths
-        self.sums = padded.sum(1)  # [s, u]
-        self.squares = (padded * padded).sum(1)
-        self._rows: Tensor | None = None
-        self._columns: Tensor | None = None
+    The one layout serves both sides of the sampled product: :attr:`rows` is the tensor itself,
+    :attr:`columns` its ``[s, width, units]`` transposed view (column-major), so a model taking
+    part in several directions is converted once per batch.
+    """
+
+    def __init__(self, data: Float[Tensor, "s u w"], lengths: Int[Tensor, " s"]) -> None:
+        self.data, self.lengths = data, lengths
+        self.sums = data.sum((0, 2))  # [u]: padding is zero
+        s, u, w = data.shape
+        # per-sequence Σ x²: batched dot products, no squared copy of the chunk
+        flat = data.view(s * u, 1, w)
+        self.squares = torch.bmm(flat, flat.transpose(1, 2)).view(s, u)
 
     @property
     def n_sequences(self) -> int:
-        return int(self.padded.shape[0])
+        return int(self.data.shape[0])
 
     @property
     def n_units(self) -> int:
-        return int(self.padded.shape[2])
+        return int(self.data.shape[1])
 
     @property
     def rows(self) -> Float[Tensor, "s u w"]:
         """``[s, units, width]`` contiguous: the row side of the sampled product."""
-        if self._rows is None:
-            self._rows = self.padded.transpose(1, 2).contiguous()
-        return self._rows
+        return self.data
 
     @property
     def columns(self) -> Float[Tensor, "s w u"]:
         """``[s, width, units]`` column-major: the column side of the sampled product."""
-        if self._columns is None:
-            self._columns = self.padded.transpose(1, 2).contiguous().transpose(1, 2)
-        return self._columns
+        return self.data.transpose(1, 2)
+
+    @property
+    def padded(self) -> Float[Tensor, "s w u"]:
+        """``[s, width, units]`` (a view)."""
+        return self.data.transpose(1, 2)
+
+    @classmethod
+    def from_padded(cls, padded: Float[Tensor, "s w u"], lengths: Int[Tensor, " s"]) -> Sequences:
+        """From ``[s, width, units]`` float64 values (already centred, zero-padded)."""
+        return cls(padded.transpose(1, 2).contiguous(), lengths)
 
 
 def sequence_chunks(
@@ -359,11 +377,17 @@ def sequence_chunks(
     lengths: Sequence[int] | None,
     shift: Float[Tensor, " u"],
     other_units: int = 0,
+    buffers: list[Tensor] | None = None,
 ) -> list[Sequences]:
     """``x`` (rows = the tokens of consecutive sequences of ``lengths``) centred about ``shift``
     in float64, cut into chunks of whole sequences that keep the copies of ``x`` and of a
     partner with ``other_units`` units under :data:`CHUNK_ELEMENTS` each. Empty sequences are
-    dropped.
+    dropped. Each chunk is one strided copy of ``x`` into the ``[s, units, width]`` layout and
+    one in-place subtraction.
+
+    ``buffers``: float64 storage to reuse, one per chunk (grown and appended to as needed), so a
+    stream of batches does not pay a fresh allocation's page faults each time; the chunks are
+    then views of it, valid until the next call with the same list.
     """
     n_tok = x.shape[0]
     lengths = [n_tok] if lengths is None else [int(v) for v in lengths]
@@ -379,18 +403,31 @@ def sequence_chunks(
         return []
     width = max(v for _, v in kept)
     per = max(1, CHUNK_ELEMENTS // max(1, width * max(units, other_units)))
+    column = shift.to(torch.float64)[:, None]
     out = []
     for c in range(0, len(kept), per):
         part = kept[c : c + per]
         lens = torch.tensor([v for _, v in part], device=dev)
-        w = int(lens.max())
-        lo, hi = part[0][0], part[-1][0] + part[-1][1]
-        centred = x[lo:hi].to(dev, torch.float64) - shift
-        if int(lens.min()) == w:  # equal lengths (the usual case): no padding needed
-            padded = centred.view(len(part), w, units)
+        w = max(v for _, v in part)
+        data = _storage(buffers, c // per, len(part) * units * w, dev).view(len(part), units, w)
+        if all(v == w for _, v in part):  # equal lengths (the usual case): one copy
+            lo = part[0][0]
+            data.copy_(x[lo : lo + len(part) * w].view(len(part), w, units).transpose(1, 2))
+            data.sub_(column)
         else:
-            mask = torch.arange(w, device=dev)[None, :] < lens[:, None]
-            padded = torch.zeros(len(part), w, units, dtype=torch.float64, device=dev)
-            padded[mask] = centred
-        out.append(Sequences(padded, lens))
+            data.zero_()
+            for j, (s0, v) in enumerate(part):
+                data[j, :, :v].copy_(x[s0 : s0 + v].T).sub_(column)
+        out.append(Sequences(data, lens))
     return out
+
+
+def _storage(buffers: list[Tensor] | None, k: int, numel: int, dev: torch.device) -> Tensor:
+    """``numel`` float64 elements: the start of ``buffers[k]`` when it is large enough."""
+    if buffers is None:
+        return torch.empty(numel, dtype=torch.float64, device=dev)
+    while len(buffers) <= k:
+        buffers.append(torch.empty(0, dtype=torch.float64, device=dev))
+    if buffers[k].numel() < numel or buffers[k].device != dev:
+        buffers[k] = torch.empty(numel, dtype=torch.float64, device=dev)
+    return buffers[k][:numel]

@@ -189,6 +189,7 @@ class Screened:
         self.rival: dict[tuple[int, int], Tensor] = {}  # best stage-1 non-candidate value
         self.base: dict[tuple[int, int], Tensor] = {}  # stage-1 baseline draws
         self.baseline: str | None = None
+        self._buffers: dict[int, list[Tensor]] = {}  # float64 storage per model, reused
 
     @classmethod
     def from_stage1(cls, run: CorrelationRun, k: int, rank: int, device: torch.device) -> Screened:
@@ -244,7 +245,8 @@ class Screened:
         shifts = self.shifts()
         widest = max(acts[m].shape[1] for m in shifts)
         chunks = {
-            m: sequence_chunks(acts[m], lengths, shift, widest) for m, shift in shifts.items()
+            m: sequence_chunks(acts[m], lengths, shift, widest, self._buffers.setdefault(m, []))
+            for m, shift in shifts.items()
         }
         for (r, c), pm in self.pairs.items():
             for x, y in zip(chunks[r], chunks[c], strict=True):
