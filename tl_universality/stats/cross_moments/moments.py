@@ -15,6 +15,7 @@ from tl_universality.stats.cross_moments.products import (
     Block,
     ProductDtype,
     Side,
+    add_sparse_rows,
     as_parts,
     big_entries,
     matmul_precision,
@@ -256,23 +257,17 @@ class CrossMoments:
             self._add_product(xc, yc, torch.float32)
             return
         self.split_batches += 1
-        chunk = max(1, PRODUCT_CHUNK // max(self.n_a, self.n_b, 1))
+        chunk = PRODUCT_CHUNK
         if big_x is not None:  # x_bigᵀ y, with y whole: rows of sum_xy
             tokens, units = big_x
             values = xc[tokens, units].to(torch.float64)
             xc[tokens, units] = 0
-            for k0 in range(0, tokens.numel(), chunk):
-                k1 = k0 + chunk
-                part = yc[tokens[k0:k1]].to(torch.float64).mul_(values[k0:k1, None])
-                self.sum_xy.index_add_(0, units[k0:k1], part)
-        if big_y is not None:  # x_restᵀ y_big: columns of sum_xy
+            add_sparse_rows(self.sum_xy, units, tokens, values, yc, chunk)
+        if big_y is not None:  # x_restᵀ y_big: columns of sum_xy, i.e. rows of its transpose
             tokens, units = big_y
             values = yc[tokens, units].to(torch.float64)
             yc[tokens, units] = 0
-            for k0 in range(0, tokens.numel(), chunk):
-                k1 = k0 + chunk
-                part = xc[tokens[k0:k1]].to(torch.float64).mul_(values[k0:k1, None])
-                self.sum_xy.index_add_(1, units[k0:k1], part.T)
+            add_sparse_rows(self.sum_xy.T, units, tokens, values, xc, chunk)
         self._add_product(xc, yc, torch.float32)
 
     def reduce_across(self, reduce: Callable[[Tensor, str], Tensor]) -> CrossMoments:

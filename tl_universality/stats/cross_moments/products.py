@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -289,6 +290,36 @@ def big_entries(centred: Tensor, absmax: Tensor, energy: Tensor) -> tuple[Tensor
     hit = cols.square_() > SPIKY_SHARE * energy[spiky]
     tokens, k = hit.nonzero(as_tuple=True)
     return tokens, spiky[k]
+
+
+def add_sparse_rows(
+    out: Tensor, units: Tensor, tokens: Tensor, values: Tensor, dense: Tensor, chunk: int
+) -> None:
+    """``out[u] += Σ values·dense[t]`` over the entries ``(t, u)``: ``out += Sᵀ·dense`` in
+    float64, with ``S`` the sparse ``[tokens, units]`` matrix of the entries.
+
+    One sparse-dense product per column chunk of ``dense`` (at most ``chunk`` elements of its
+    touched rows in float64 at a time). Devices without a CSR product fall back to per-entry
+    row additions (exact, slower).
+    """
+    f64 = torch.float64
+    rows, inverse = torch.unique(tokens, return_inverse=True)
+    step = max(1, chunk // max(1, rows.numel()))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sparse CSR "beta" notices
+            sparse = torch.sparse_coo_tensor(
+                torch.stack([units, inverse]), values.to(f64), (out.shape[0], rows.numel())
+            ).coalesce().to_sparse_csr()  # fmt: skip
+            for c0 in range(0, dense.shape[1], step):
+                c1 = min(dense.shape[1], c0 + step)
+                out[:, c0:c1].addmm_(sparse, dense[rows, c0:c1].to(f64))
+    except (RuntimeError, NotImplementedError):  # no sparse product on this device
+        per = max(1, chunk // max(1, dense.shape[1]))
+        for k0 in range(0, tokens.numel(), per):
+            k1 = k0 + per
+            part = dense[tokens[k0:k1]].to(f64).mul_(values[k0:k1, None].to(f64))
+            out.index_add_(0, units[k0:k1], part)
 
 
 def product_is_safe(absmax: Tensor, other: Tensor, rows: int) -> bool:
