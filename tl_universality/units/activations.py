@@ -447,6 +447,22 @@ def excluded_token_ids(
     return ids
 
 
+def all_finite(values: Tensor) -> bool:
+    """Whether every entry is finite. One float64 sum decides almost always (a NaN or inf makes
+    it non-finite); only a non-finite sum, which finite values can also give by overflowing,
+    pays for the entrywise check.
+
+    Examples:
+        >>> all_finite(torch.tensor([1.0, 3e38, 3e38])), all_finite(torch.tensor([1.0, torch.nan]))
+        (True, False)
+    """
+    if values.numel() == 0:
+        return True
+    if bool(torch.isfinite(values.sum(dtype=torch.float64))):
+        return True
+    return bool(torch.isfinite(values).all())
+
+
 def _parameters(model: Any) -> Iterator[Tensor]:
     params = getattr(model, "parameters", None)
     return iter(params()) if callable(params) else iter(())
@@ -485,7 +501,7 @@ def _run_one(
                     " units were resolved?"
                 )
             rows = flat[keep_here]
-            if check_finite and not bool(torch.isfinite(rows).all()):
+            if check_finite and not all_finite(rows):
                 raise NonFiniteActivationError(
                     f"{model_name(model)} produced NaN/inf activations at {tap.label}. Check the"
                     " weights (e.g. a diverged checkpoint) or run in float32 rather than float16."
