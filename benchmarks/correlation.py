@@ -12,14 +12,17 @@ On the same random models and token stream, in one process:
 3. peak memory of :func:`correlate` at 1x and 4x the tokens, each in a fresh subprocess;
 4. at k = 5, reference-style vs exhaustive ``correlate`` vs screened ``correlate(...,
    candidates=K)``, each in a fresh process: wall time, ratios, max |diff| of max_corr against
-   the exhaustive run (all units, certified units), universal-set agreement, certified share and
-   peak memory.
+   the exhaustive run (all units, certified units), universal-set agreement (each run's own
+   baseline, and the exhaustive run's), certified share and peak memory; 4a end to end, 4b on
+   activations computed once and replayed from memory (the correlation work alone). ``--related
+   NOISE`` runs it on a related family (``benchmarks/replay.py``) instead of random seeds.
 
 Usage::
 
     python benchmarks/correlation.py                      # CPU, small models (~5 min on 2 cores)
     python benchmarks/correlation.py --device cuda --gpt2-small   # GPT-2-small-sized, on a GPU
     python benchmarks/correlation.py --size wide --skip gemm,pipe,mem   # 4 x 2048 units, section 4
+    python benchmarks/correlation.py --skip gemm,pipe,mem --related 0.1  # section 4, related family
 """
 
 from __future__ import annotations
@@ -305,19 +308,25 @@ def bench_memory(args, factors=(1, 4)) -> list:
 def screened_child(args) -> None:
     """One pipeline (args.screened_child) on k models in this fresh process: time, peak memory
     and the per-model max-correlations, written to args.out (safetensors) and printed as JSON."""
+    from replay import related_family, replay_activations
     from safetensors.torch import save_file
 
     from tl_universality.analyses.correlation import correlate
 
     k, method = args.k, args.screened_child
-    models = [build(args.size, seed, args.n_ctx, args.device) for seed in range(k)]
+    if args.related is None:
+        models = [build(args.size, seed, args.n_ctx, args.device) for seed in range(k)]
+    else:
+        models = related_family(build(args.size, 0, args.n_ctx, args.device), k, args.related)
     toks = make_tokens(args.n_seq, args.seq_len, SIZES[args.size]["d_vocab"])
+    if args.cached:  # every pipeline then replays the same activations from memory
+        replay_activations(models, toks, args.batch_size, args.device, BOS)
     kw = dict(batch_size=args.batch_size, device=args.device, n_draws=1, bos_token_id=BOS,
               progress=False)  # fmt: skip
     extra = dict(candidates=args.candidates, screen_tokens=args.screen_tokens)
 
     def go(ms, t):
-        if method == "forward":  # the floor of every pipeline: each model runs once per token
+        if method == "forward":  # the floor of every pipeline: each model's activations once
             from tl_universality.units.activations import stream_activations
 
             for _ in stream_activations(ms, t, batch_size=args.batch_size, device=args.device,
@@ -342,7 +351,7 @@ def screened_child(args) -> None:
     print(json.dumps({"wall": wall, "cpu": cpu, "rss_before": before, "rss_peak": peak}))
 
 
-def bench_screened(args) -> list:
+def bench_screened(args, cached: bool = False) -> list:
     import tempfile
 
     from safetensors.torch import load_file
@@ -361,28 +370,38 @@ def bench_screened(args) -> list:
                 str(args.batch_size), "--n-ctx", str(args.n_ctx), "--candidates",
                 str(args.candidates), "--screen-tokens", str(args.screen_tokens),
             ] + (["--threads", str(args.threads)] if args.threads else [])  # fmt: skip
+            cmd += (["--cached"] if cached else []) + (
+                ["--related", str(args.related)] if args.related is not None else []
+            )
             done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             runs[method] = (json.loads(done.stdout.strip().splitlines()[-1]), load_file(out))
     ex = runs["exhaustive"][1]
     cert = runs["screened"][1]["certified"].bool()
 
-    def universal(r):
-        return (r["max_corr"] - r["baseline"]).nanmean(0) > 0.5
+    def universal(r, baseline=None):
+        base = r["baseline"] if baseline is None else baseline
+        return (r["max_corr"] - base).nanmean(0) > 0.5
 
     table = []
     for method, (m, r) in runs.items():
         if method == "forward":
             ratios = [f"{runs[b][0]['wall'] / m['wall']:.2f}x" for b in ("reference", "exhaustive")]
-            table.append(["forward passes only", f"{m['wall']:.1f} s", *ratios, "-", "-", "-",
+            ratios = ["-", "-"] if cached else ratios  # a replay of views costs next to nothing
+            label = "replay of cached activations" if cached else "forward passes only"
+            table.append([label, f"{m['wall']:.1f} s", *ratios, "-", "-", "-", "-",
                           "-", f"{(m['rss_peak'] - m['rss_before']) / 1e6:.0f} MB"])  # fmt: skip
             continue
         diff = (r["max_corr"] - ex["max_corr"]).abs().nan_to_num(0)
         same = torch.equal(universal(r), universal(ex))
+        # the same max-correlations give the same set under one baseline: the screened baseline
+        # comes from the screening tokens only, so units near the threshold can move
+        same_base = torch.equal(universal(r, ex["baseline"]), universal(ex))
         row = [
             method, f"{m['wall']:.1f} s", f"{runs['reference'][0]['wall'] / m['wall']:.2f}x",
             f"{runs['exhaustive'][0]['wall'] / m['wall']:.2f}x", f"{diff.max():.1e}",
             f"{diff[cert].max():.1e}" if method == "screened" and cert.any() else "-",
             f"{'same' if same else 'DIFFER'} ({int(universal(r).sum())})",
+            "same" if same_base else "DIFFER",
             f"{cert.float().mean():.1%}" if method == "screened" else "-",
             f"{(m['rss_peak'] - m['rss_before']) / 1e6:.0f} MB",
         ]  # fmt: skip
@@ -412,11 +431,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timings per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
-        "--skip", default="", help="comma list of sections to skip: gemm,pipe,mem,screened"
+        "--skip",
+        default="",
+        help="comma list of sections to skip: gemm,pipe,mem,screened (4a),cached (4b)",
     )
     parser.add_argument("--k", type=int, default=5, help="models in the screened comparison")
     parser.add_argument("--candidates", type=int, default=8, help="K of the screened mode")
     parser.add_argument("--screen-tokens", type=int, default=None, help="screened stage 1")
+    parser.add_argument(
+        "--related", type=float, default=None,
+        help="section 4 on a permuted, noised family of one model (noise / weight std)",
+    )  # fmt: skip
+    parser.add_argument("--cached", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--screened-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -442,7 +468,8 @@ def main() -> None:
     units = cfg["n_layers"] * cfg["d_mlp"]
     name = torch.cuda.get_device_name() if gpu else f"CPU, {torch.get_num_threads()} threads"
     print(
-        f"Correlation benchmark: {args.size} random models ({cfg['n_layers']} layers x"
+        f"Correlation benchmark: {args.size} {'random' if args.related is None else 'related'}"
+        f" models ({cfg['n_layers']} layers x"
         f" {cfg['d_mlp']} neurons = {units} units each), {args.n_seq} sequences x {args.seq_len}"
         f" tokens, batch {args.batch_size}, device {args.device} ({name}),"
         f" torch {torch.__version__}"
@@ -482,14 +509,24 @@ def main() -> None:
             header,
             bench_memory(args),
         )
-    if "screened" not in skip:
+    family = "random seeds" if args.related is None else f"related family, noise {args.related}"
+    for cached in (False, True):
+        if ("screened" if not cached else "cached") in skip:
+            continue
+        what = (
+            "activations computed once, replayed from memory: the correlation work alone"
+            if cached
+            else "end to end, forward passes included"
+        )
         print_table(
-            f"4. Reference-style vs exhaustive vs screened (candidates={args.candidates},"
-            f" screen_tokens={args.screen_tokens}), k={args.k}, rotation baseline, 1 draw; fresh"
-            " process each; diffs against exhaustive",
+            f"4{'b' if cached else 'a'}. Reference-style vs exhaustive vs screened"
+            f" (candidates={args.candidates}, screen_tokens={args.screen_tokens}), k={args.k},"
+            f" {family}, rotation baseline, 1 draw; {what}; fresh process each; diffs against"
+            " exhaustive",
             ["pipeline", "wall", "vs reference", "vs exhaustive", "max |diff| max_corr",
-             "certified units", "universal set", "certified", "peak - before"],
-            bench_screened(args),
+             "certified units", "universal set", "exhaustive's baseline", "certified",
+             "peak - before"],
+            bench_screened(args, cached),
         )  # fmt: skip
 
 
