@@ -64,6 +64,7 @@ def replay_activations(models, tokens, batch_size: int, device: str, bos: int):
                progress: bool = False, **_) -> Iterator:  # fmt: skip
         models_ = list(models_) if isinstance(models_, list | tuple) else [models_]
         source = resolve_tokens(tokens_, models_, bos_token_id=bos)
+        excluded = torch.tensor(sorted(acts_module.excluded_token_ids(source, None, None)))
         seen = 0
         for ids in source.batches(batch_size):
             first = seen
@@ -77,7 +78,8 @@ def replay_activations(models, tokens, batch_size: int, device: str, bos: int):
                 raise ValueError("replay_activations serves runs of consecutive sequences only")
             lo, hi = starts[index[0]], starts[index[-1] + 1]
             out = [rows[id(m)][lo:hi] for m in models_]  # views: the cached rows, not copies
-            yield acts_module.ActivationBatch(out, ids.to(device), (ids != bos).to(device), first)
+            keep = ~torch.isin(ids, excluded.to(ids.dtype))  # as the real stream keeps them
+            yield acts_module.ActivationBatch(out, ids.to(device), keep.to(device), first)
 
     patched = [acts_module] + [
         module

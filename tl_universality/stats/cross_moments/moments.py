@@ -257,17 +257,15 @@ class CrossMoments:
             self._add_product(xc, yc, torch.float32)
             return
         self.split_batches += 1
-        chunk = PRODUCT_CHUNK
-        if big_x is not None:  # x_bigᵀ y, with y whole: rows of sum_xy
-            tokens, units = big_x
-            values = xc[tokens, units].to(torch.float64)
-            xc[tokens, units] = 0
-            add_sparse_rows(self.sum_xy, units, tokens, values, yc, chunk)
-        if big_y is not None:  # x_restᵀ y_big: columns of sum_xy, i.e. rows of its transpose
-            tokens, units = big_y
-            values = yc[tokens, units].to(torch.float64)
-            yc[tokens, units] = 0
-            add_sparse_rows(self.sum_xy.T, units, tokens, values, xc, chunk)
+        # x_bigᵀ y with y whole (rows of sum_xy), then x_restᵀ y_big (columns of sum_xy, rows of
+        # its transpose): each side's big entries are taken out of its float32 copy first.
+        for big, own, other, out in ((big_x, xc, yc, self.sum_xy), (big_y, yc, xc, self.sum_xy.T)):
+            if big is None:
+                continue
+            tokens, units = big
+            values = own[tokens, units].to(torch.float64)
+            own[tokens, units] = 0
+            add_sparse_rows(out, units, tokens, values, other, PRODUCT_CHUNK)
         self._add_product(xc, yc, torch.float32)
 
     def reduce_across(self, reduce: Callable[[Tensor, str], Tensor]) -> CrossMoments:
