@@ -70,6 +70,21 @@ def test_candidate_values_are_exact_full_stream_correlations(screened, exhaustiv
         assert (screened.top_corr[m][ok] - want[ok]).abs().max() < 1e-9
 
 
+def test_float32_pair_products_are_within_1e_6_of_float64(family, tokens, exhaustive) -> None:
+    """The default product_dtype: float32 sampled products, float64 sums."""
+    kw = {**KW, "product_dtype": None}
+    got = correlate(family[0], family[1:], tokens, candidates=6, screen_tokens=3100, **kw)
+    assert got.config["product_dtype"] is None
+    cert = got.certified
+    assert cert.float().mean() > 0.2
+    assert (got.max_corr - exhaustive.max_corr).abs()[cert].max() < 1e-6
+    for m in range(2):
+        idx = got.top_index[m]
+        want = exhaustive.matrix(m).gather(1, idx.clamp_min(0))
+        ok = idx >= 0
+        assert (got.top_corr[m][ok] - want[ok]).abs().max() < 1e-6
+
+
 def test_result_round_trip_keeps_errors_and_certificates(screened, tmp_path) -> None:
     screened.save(tmp_path / "r")
     back = CorrelationResult.load(tmp_path / "r")
@@ -193,3 +208,27 @@ def test_two_gloo_ranks_equal_one_process(tmp_path) -> None:
             assert torch.equal(g.isnan(), w.isnan()), field
             assert (g - w).nan_to_num(0).abs().max() < 1e-12, (name, field)
         assert torch.equal(got.certified, want.certified)
+
+
+def test_a_batch_float32_cannot_hold_is_multiplied_in_float64() -> None:
+    """Screened.add: units with spreads of 1e-21 (float32 products would underflow) make that
+    batch float64; the others stay float32. Both against numpy float64."""
+    import numpy as np
+
+    from tl_universality.analyses.correlation.screened import Screened
+    from tl_universality.stats.pair_moments import PairMoments
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 320, 3, generator=g, dtype=torch.float64)
+    normal = [z[0].float(), (z[0] + 0.7 * z[1]).float()]
+    tiny = [v.double() * 1e-21 for v in normal]
+    cols = torch.tensor([[0, 1], [1, 2], [2, 0]])
+    for acts, fallback in ((normal, 0), (tiny, 1)):
+        screen = Screened(n1=0, k=1)
+        screen.pairs[(0, 1)] = PairMoments.fresh(cols, n_b=3)
+        screen.add(acts, [32] * 10)
+        assert screen.float64_batches == fallback
+        x, y = (a.double().numpy() for a in acts)
+        want = np.take_along_axis(np.corrcoef(x.T, y.T)[:3, 3:], cols.numpy(), 1)
+        bound = 1e-6 if fallback == 0 else 1e-12
+        assert np.abs(screen.pairs[(0, 1)].corr().numpy() - want).max() < bound

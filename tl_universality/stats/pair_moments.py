@@ -1,13 +1,19 @@
-"""Exact float64 moments of chosen unit pairs, with batch-means standard errors
+"""Exact moments of chosen unit pairs, with batch-means standard errors
 (docs/concepts.md, "Screened exact correlation").
 
 A screened correlation run keeps, for every row unit ``i`` of side A, a few columns
 ``cols[i, :]`` of side B (its candidates). :class:`PairMoments` accumulates, over a token stream,
 exactly what the correlation of each such pair needs: per-unit sums about a fixed shift and the
-pair sums ``Σ x'_i y'_j`` (``x' = x - shift``), all in float64. The pair sums are one sampled
-matrix product per batch (only the ``a · k`` wanted entries of ``X'ᵀ Y'``, computed as float64
-dot products), so a batch costs ``a · k · tokens`` instead of the ``a · b · tokens`` of the full
-cross moments.
+pair sums ``Σ x'_i y'_j`` (``x' = x - shift``), in float64. The pair sums are one sampled
+matrix product per batch (only the ``a · k`` wanted entries of ``X'ᵀ Y'``, as dot products), so a
+batch costs ``a · k · tokens`` instead of the ``a · b · tokens`` of the full cross moments.
+
+Precision. Each centred value ``x'`` is rounded once, to the dtype of its chunk
+(:func:`sequence_chunks`): float64 (products exact to ~1e-15), or float32, where each
+product is a float32 dot product over at most :data:`FLOAT32_RUN` tokens of one sequence before it
+is added to the float64 sums (the rule of the exhaustive engine's float32 products, and about the
+same error). Every other sum is float64. :func:`float32_safe` says when a chunk's values are too
+large or too small for float32 products (the caller then uses float64 for that batch).
 
 Standard errors (batch means). Tokens of one sequence are correlated, so the i.i.d. formula
 understates the error. Each sequence is a block ``b``; with the influence function of Pearson's
@@ -27,8 +33,13 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-#: Elements (tokens x units) of the float64 copy of one chunk of sequences.
+#: Elements (tokens x units) of the copy of one chunk of sequences.
 CHUNK_ELEMENTS = 1 << 25
+#: Tokens of one float32 dot product before it reaches the float64 sums.
+FLOAT32_RUN = 512
+#: float32 chunks need every unit's Σx'² over the chunk to be 0 or within these bounds: below it
+#: products could sink into float32's subnormal range, above it they could overflow.
+FLOAT32_RANGE = (1e-28, 1e37)
 
 _STATE = ("cols", "shift_x", "shift_y", "scale_x", "scale_y", "pilot")
 _SUMS = ("sx", "sxx", "sy", "syy", "sxy", "psi", "psi_sq", "psi_n")
@@ -93,7 +104,7 @@ class PairMoments:
         self.blocks = 0
         self.block_n_sq = 0  # Σ n_b²
         self.blocked_tokens = 0  # Σ n_b
-        self._patterns: dict[int, Tensor] = {}
+        self._patterns: dict[tuple[int, torch.dtype], Tensor] = {}
         self._pair_scale: Tensor | None = None
         self._half_pilot: Tensor | None = None
         self._sorted, order = self.cols.sort(1)
@@ -122,27 +133,37 @@ class PairMoments:
         comoment: Float[Tensor, "a k"],
         device: torch.device | str | None = None,
         keep_sums: bool = True,
+        shift_dtype: torch.dtype = torch.float64,
     ) -> PairMoments:
         """Start from the exact moments of ``n`` earlier tokens (sums about their means).
 
-        The earlier means become the shift and, with the earlier variances and correlations,
-        the pilot of the standard errors; the earlier tokens add no blocks. With
+        The earlier means, rounded to ``shift_dtype`` (float32 lets :func:`sequence_chunks`
+        centre float32 activations in float32, each value rounded once), become the shift; with
+        the earlier variances and correlations they are the pilot of the standard errors. The
+        earlier sums are re-expressed about the shift; the earlier tokens add no blocks. With
         ``keep_sums=False`` only the shift and pilot are taken (the other ranks of a process
         group, whose sums are added to rank 0's).
         """
         f64 = torch.float64
         m2_x, m2_y, comoment = m2_x.to(f64), m2_y.to(f64), comoment.to(f64)
+        mean_x, mean_y = mean_x.to(f64), mean_y.to(f64)
         scale_x = (m2_x.clamp_min(0) / max(n, 1)).sqrt()
         scale_y = (m2_y.clamp_min(0) / max(n, 1)).sqrt()
         cols = cols.to(comoment.device)
         pilot = comoment / (m2_x[:, None] * m2_y[cols]).sqrt()
-        out = cls(cols, mean_x, mean_y, scale_x, scale_y, pilot.nan_to_num(0.0), device)
+        shift_x, shift_y = mean_x.to(shift_dtype).to(f64), mean_y.to(shift_dtype).to(f64)
+        out = cls(cols, shift_x, shift_y, scale_x, scale_y, pilot.nan_to_num(0.0), device)
         if not keep_sums:
             return out
+        # sums about the shift s from sums about the mean μ: Σ(x-s) = n(μ-s),
+        # Σ(x-s)² = m2 + n(μ-s)², Σ(x-s)(y-t) = comoment + n(μx-s)(μy-t)
+        dx, dy = mean_x - shift_x, mean_y - shift_y
+        dev = out.device
         out.n = int(n)
-        out.sxx = m2_x.to(out.device).clone()
-        out.syy = m2_y.to(out.device).clone()
-        out.sxy = comoment.to(out.device).clone()
+        out.sx, out.sy = (n * dx).to(dev), (n * dy).to(dev)
+        out.sxx = (m2_x + n * dx * dx).to(dev)
+        out.syy = (m2_y + n * dy * dy).to(dev)
+        out.sxy = (comoment + n * dx[:, None] * dy[cols]).to(dev)
         return out
 
     # -- accumulation --------------------------------------------------------------------------
@@ -152,17 +173,23 @@ class PairMoments:
         x: Float[Tensor, "tok a"],
         y: Float[Tensor, "tok b"],
         lengths: Sequence[int] | None = None,
+        dtype: torch.dtype = torch.float64,
     ) -> PairMoments:
         """Add one batch (in place); ``lengths`` are the tokens of each sequence in ``x``'s rows
-        (default: one sequence), each a block of the standard errors. Returns ``self``.
+        (default: one sequence), each a block of the standard errors; ``dtype`` that of the
+        products (float32 falls back to float64 for a batch :func:`float32_safe` refuses).
+        Returns ``self``.
 
         With several :class:`PairMoments` on the same activations, :func:`sequence_chunks` and
-        :meth:`add` share the float64 copies instead.
+        :meth:`add` share the centred copies instead.
         """
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
-        xs = sequence_chunks(x, lengths, self.shift_x, y.shape[1])
-        ys = sequence_chunks(y, lengths, self.shift_y, x.shape[1])
+        xs = sequence_chunks(x, lengths, self.shift_x, y.shape[1], dtype=dtype)
+        ys = sequence_chunks(y, lengths, self.shift_y, x.shape[1], dtype=dtype)
+        if not float32_safe(xs + ys):
+            xs = sequence_chunks(x, lengths, self.shift_x, y.shape[1])
+            ys = sequence_chunks(y, lengths, self.shift_y, x.shape[1])
         for cx, cy in zip(xs, ys, strict=True):
             self.add(cx, cy)
         return self
@@ -203,16 +230,31 @@ class PairMoments:
         return self
 
     def _pair_products(self, x: Sequences, y: Sequences) -> Float[Tensor, "s a k"]:
-        """Per sequence, ``Σ_t x'_{t,i} y'_{t,cols[i,k]}`` (float64 dot products)."""
-        s = x.n_sequences
+        """Per sequence, ``Σ_t x'_{t,i} y'_{t,cols[i,k]}`` in float64: dot products in the chunks'
+        dtype, float32 ones over runs of at most :data:`FLOAT32_RUN` tokens."""
+        if x.data.dtype != y.data.dtype:
+            raise ValueError(f"x is {x.data.dtype} but y is {y.data.dtype}")
+        width = x.data.shape[2]
+        run = width if x.data.dtype == torch.float64 else FLOAT32_RUN
+        out = None
+        for lo in range(0, width, run):
+            part = self._products(x.data[:, :, lo : lo + run], y.data[:, :, lo : lo + run])
+            out = part.double() if out is None else out.add_(part)
+        assert out is not None
+        return out
+
+    def _products(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """The products of ``[s, a, w]`` and ``[s, b, w]`` values, in their dtype."""
+        s = xs.shape[0]
         a, k = self.cols.shape
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # sparse CSR "beta" notices
-                out = torch.sparse.sampled_addmm(self._pattern(s), x.rows, y.columns, beta=0.0)
+                pattern = self._pattern(s, xs.dtype)
+                out = torch.sparse.sampled_addmm(pattern, xs, ys.transpose(1, 2), beta=0.0)
             return out.values().view(s, a, k).gather(2, self._inverse.expand(s, -1, -1))
         except (RuntimeError, NotImplementedError):  # no sampled product on this device
-            return self._gathered_products(x.padded, y.padded)
+            return self._gathered_products(xs.transpose(1, 2), ys.transpose(1, 2))
 
     def _gathered_products(self, xs: Tensor, ys: Tensor) -> Float[Tensor, "s a k"]:
         """The same products by gathering the wanted columns (more memory traffic)."""
@@ -224,22 +266,22 @@ class PairMoments:
             out[j] = torch.einsum("ta,tak->ak", xs[j], yc)
         return out
 
-    def _pattern(self, s: int) -> Tensor:
+    def _pattern(self, s: int, dtype: torch.dtype) -> Tensor:
         """The batched CSR pattern of the pairs (columns sorted within each row)."""
-        if s not in self._patterns:
+        if (s, dtype) not in self._patterns:
             a, k = self.cols.shape
             crow = torch.arange(0, a * k + 1, k, device=self.device)
             col = self._sorted.reshape(-1)
-            values = torch.zeros(s, a * k, dtype=torch.float64, device=self.device)
+            values = torch.zeros(s, a * k, dtype=dtype, device=self.device)
             self._patterns = {  # one size cached: batches are usually all alike
-                s: torch.sparse_csr_tensor(
+                (s, dtype): torch.sparse_csr_tensor(
                     crow.expand(s, -1).contiguous(),
                     col.expand(s, -1).contiguous(),
                     values,
                     size=(s, a, self.shift_y.shape[0]),
                 )  # fmt: skip
             }
-        return self._patterns[s]
+        return self._patterns[(s, dtype)]
 
     # -- merging -------------------------------------------------------------------------------
 
@@ -326,9 +368,9 @@ class PairMoments:
 
 
 class Sequences:
-    """A chunk of whole sequences as one ``[s, units, width]`` float64 tensor, centred about a
-    shift, each sequence zero-padded to ``width`` (padding adds nothing), with the per-unit sums
-    and per-sequence sums of squares the moments need.
+    """A chunk of whole sequences as one ``[s, units, width]`` tensor (float64 or float32),
+    centred about a shift, each sequence zero-padded to ``width`` (padding adds nothing), with the
+    float64 per-unit sums and per-sequence sums of squares the moments need.
 
     The one layout serves both sides of the sampled product: :attr:`rows` is the tensor itself,
     :attr:`columns` its ``[s, width, units]`` transposed view (column-major), so a model taking
@@ -337,11 +379,21 @@ class Sequences:
 
     def __init__(self, data: Float[Tensor, "s u w"], lengths: Int[Tensor, " s"]) -> None:
         self.data, self.lengths = data, lengths
-        self.sums = data.sum((0, 2))  # [u]: padding is zero
+        f64 = torch.float64
         s, u, w = data.shape
-        # per-sequence Σ x²: batched dot products, no squared copy of the chunk
-        flat = data.view(s * u, 1, w)
-        self.squares = torch.bmm(flat, flat.transpose(1, 2)).view(s, u)
+        run = w if data.dtype == f64 else FLOAT32_RUN
+        sums, squares = None, None
+        for lo in range(0, w, run):  # float32 sums over at most FLOAT32_RUN tokens
+            part = data[:, :, lo : lo + run]
+            flat = part.reshape(s * u, 1, part.shape[2])  # a view unless the width was cut
+            sq = torch.bmm(flat, flat.transpose(1, 2)).view(s, u).to(f64)  # no squared copy
+            total = part.sum(2).to(f64)  # [s, u]: padding is zero
+            sums = total if sums is None else sums.add_(total)
+            squares = sq if squares is None else squares.add_(sq)
+        if sums is None or squares is None:  # no tokens
+            sums = squares = torch.zeros(s, u, dtype=f64, device=data.device)
+        self.sums = sums.sum(0)
+        self.squares = squares
 
     @property
     def n_sequences(self) -> int:
@@ -368,8 +420,32 @@ class Sequences:
 
     @classmethod
     def from_padded(cls, padded: Float[Tensor, "s w u"], lengths: Int[Tensor, " s"]) -> Sequences:
-        """From ``[s, width, units]`` float64 values (already centred, zero-padded)."""
+        """From ``[s, width, units]`` values (already centred, zero-padded)."""
         return cls(padded.transpose(1, 2).contiguous(), lengths)
+
+
+def float32_safe(chunks: Sequence[Sequences]) -> bool:
+    """Whether float32 products of these chunks keep their bound: every unit's ``Σx'²`` over a
+    chunk is 0 or inside :data:`FLOAT32_RANGE` (so no product or partial sum overflows, and none
+    that matters sinks into float32's subnormal range). float64 chunks always are.
+
+    Examples:
+        >>> x = torch.ones(4, 2) * torch.tensor([1.0, 1e-20])
+        >>> x[0] = 0  # unit 1 varies by ~1e-20 only: its products would underflow
+        >>> shift = torch.zeros(2, dtype=torch.float64)
+        >>> float32_safe(sequence_chunks(x[:, :1], None, shift[:1], dtype=torch.float32))
+        True
+        >>> float32_safe(sequence_chunks(x, None, shift, dtype=torch.float32))
+        False
+    """
+    lo, hi = FLOAT32_RANGE
+    for c in chunks:
+        if c.data.dtype == torch.float64:
+            continue
+        q = c.squares.sum(0)
+        if not bool(((q == 0) | ((q >= lo) & (q <= hi))).all()):
+            return False
+    return True
 
 
 def sequence_chunks(
@@ -378,17 +454,21 @@ def sequence_chunks(
     shift: Float[Tensor, " u"],
     other_units: int = 0,
     buffers: list[Tensor] | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> list[Sequences]:
     """``x`` (rows = the tokens of consecutive sequences of ``lengths``) centred about ``shift``
-    in float64, cut into chunks of whole sequences that keep the copies of ``x`` and of a
-    partner with ``other_units`` units under :data:`CHUNK_ELEMENTS` each. Empty sequences are
-    dropped. Each chunk is one strided copy of ``x`` into the ``[s, units, width]`` layout and
-    one in-place subtraction.
+    (held in ``dtype``, float64 or float32, each value rounded once: in float32 when ``x`` and
+    ``shift`` are float32 numbers, else subtracted in float64), cut into chunks of whole
+    sequences that keep the copies of ``x`` and of a partner with ``other_units`` units under
+    :data:`CHUNK_ELEMENTS` each. Empty sequences are dropped. Each chunk is one strided pass over
+    ``x`` into the ``[s, units, width]`` layout.
 
-    ``buffers``: float64 storage to reuse, one per chunk (grown and appended to as needed), so a
-    stream of batches does not pay a fresh allocation's page faults each time; the chunks are
-    then views of it, valid until the next call with the same list.
+    ``buffers``: storage to reuse, one per chunk (grown and appended to as needed), so a stream
+    of batches does not pay a fresh allocation's page faults each time; the chunks are then views
+    of it, valid until the next call with the same list.
     """
+    if dtype not in (torch.float64, torch.float32):
+        raise ValueError(f"dtype must be torch.float64 or torch.float32, not {dtype}")
     n_tok = x.shape[0]
     lengths = [n_tok] if lengths is None else [int(v) for v in lengths]
     if sum(lengths) != n_tok:
@@ -404,30 +484,45 @@ def sequence_chunks(
     width = max(v for _, v in kept)
     per = max(1, CHUNK_ELEMENTS // max(1, width * max(units, other_units)))
     column = shift.to(torch.float64)[:, None]
+    narrow = column.to(dtype)
+    # float32 values and a float32-representable shift (PairMoments.from_moments(...,
+    # shift_dtype=torch.float32)): subtract in float32, exactly rounded, at memory speed
+    fast = (
+        dtype == torch.float32
+        and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and torch.equal(narrow.to(torch.float64), column)
+    )
     out = []
     for c in range(0, len(kept), per):
         part = kept[c : c + per]
         lens = torch.tensor([v for _, v in part], device=dev)
         w = max(v for _, v in part)
-        data = _storage(buffers, c // per, len(part) * units * w, dev).view(len(part), units, w)
-        if all(v == w for _, v in part):  # equal lengths (the usual case): one copy
+        flat = _storage(buffers, c // per, len(part) * units * w, dev, dtype)
+        data = flat.view(len(part), units, w)
+        if fast:  # x and shift float32: x - shift is rounded once, in one pass
+            sub = lambda src, dst: torch.sub(src, narrow, out=dst)  # noqa: E731
+        else:  # formed in float64 (the subtraction's type promotion), rounded as it is written
+            sub = lambda src, dst: torch.sub(src, column, out=dst)  # noqa: E731
+        if all(v == w for _, v in part):  # equal lengths (the usual case): one pass
             lo = part[0][0]
-            data.copy_(x[lo : lo + len(part) * w].view(len(part), w, units).transpose(1, 2))
-            data.sub_(column)
+            sub(x[lo : lo + len(part) * w].view(len(part), w, units).transpose(1, 2), data)
         else:
             data.zero_()
             for j, (s0, v) in enumerate(part):
-                data[j, :, :v].copy_(x[s0 : s0 + v].T).sub_(column)
+                sub(x[s0 : s0 + v].T, data[j, :, :v])
         out.append(Sequences(data, lens))
     return out
 
 
-def _storage(buffers: list[Tensor] | None, k: int, numel: int, dev: torch.device) -> Tensor:
-    """``numel`` float64 elements: the start of ``buffers[k]`` when it is large enough."""
+def _storage(
+    buffers: list[Tensor] | None, k: int, numel: int, dev: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """``numel`` elements of ``dtype``: the start of ``buffers[k]`` when it is large enough."""
     if buffers is None:
-        return torch.empty(numel, dtype=torch.float64, device=dev)
+        return torch.empty(numel, dtype=dtype, device=dev)
     while len(buffers) <= k:
-        buffers.append(torch.empty(0, dtype=torch.float64, device=dev))
-    if buffers[k].numel() < numel or buffers[k].device != dev:
-        buffers[k] = torch.empty(numel, dtype=torch.float64, device=dev)
+        buffers.append(torch.empty(0, dtype=dtype, device=dev))
+    have = buffers[k]
+    if have.numel() < numel or have.device != dev or have.dtype != dtype:
+        buffers[k] = torch.empty(numel, dtype=dtype, device=dev)
     return buffers[k][:numel]

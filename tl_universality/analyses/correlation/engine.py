@@ -147,7 +147,8 @@ def correlate(
         batch_size: Sequences per forward pass.
         device: Where the statistics are accumulated (default: the reference model's device).
         product_dtype: Precision of the per-batch product (float32 default; see
-            :data:`~tl_universality.stats.cross_moments.ProductDtype`).
+            :data:`~tl_universality.stats.cross_moments.ProductDtype`). The screened mode's
+            pair products are float64 with ``"float64"`` and float32 otherwise.
         exclude_token_ids: Token ids whose positions are left out (default BOS, padding and the
             newline token, as in the paper); the ids used are recorded in ``config``.
         seq_len: Sequence length for text sources (default: min(512, smallest n_ctx)).
@@ -161,7 +162,8 @@ def correlate(
         candidates: Screened exact mode (docs/concepts.md, "Screened exact correlation"): the
             exhaustive statistics run on the first ``screen_tokens`` only and keep, per unit and
             other model, the ``candidates`` most correlated and most anti-correlated units;
-            then every token updates exact float64 statistics of those pairs alone. The result
+            then every token updates exact statistics of those pairs alone (float64 sums of
+            products in ``product_dtype``, as in the exhaustive mode). The result
             has standard errors and a certificate per unit. Default None: exhaustive.
         screen_tokens: Tokens of the screening stage (default: a quarter of the stream when its
             size is known, at most 2**20; whole sequences).

@@ -54,7 +54,12 @@ from tl_universality.analyses.correlation.run import CorrelationProgress, Correl
 from tl_universality.core.errors import InvalidArgumentError
 from tl_universality.core.saving import open_saved, remove_leftovers, save_folder
 from tl_universality.data.tokens.sources import TokenSource
-from tl_universality.stats.pair_moments import PairMoments, sequence_chunks
+from tl_universality.stats.pair_moments import (
+    PairMoments,
+    Sequences,
+    float32_safe,
+    sequence_chunks,
+)
 from tl_universality.units.activations import stream_activations
 from tl_universality.units.specs import PerModel
 
@@ -141,7 +146,7 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
     else:
         stage1 = dataclasses.replace(setup, folder=None if folder is None else folder / "screen")
         done = run_exhaustive(stage1, cfg1, screen=k)
-        screen = Screened.from_stage1(done.run, k, shard.rank, setup.device)
+        screen = Screened.from_stage1(done.run, k, shard.rank, setup.device, _product(cfg))
         config = {**done.config, **cfg.to_dict(), "screen_tokens_used": done.run.n_tokens}
         meta = {
             "fingerprint": fingerprint,
@@ -153,6 +158,12 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
             "stopped_early": False,
         }
     return _stage2(setup, cfg, screen, meta, Remainder(whole, n1_seq), pairs_dir)
+
+
+def _product(cfg: CorrelationConfig) -> torch.dtype:
+    """dtype of the stage-2 pair products: float64 when asked for, float32 otherwise (TF32 and
+    bfloat16 speed up the exhaustive GEMMs only; the sampled products stay float32)."""
+    return torch.float64 if cfg.product_dtype == "float64" else torch.float32
 
 
 def _models_print(setup: Setup) -> dict[str, Any]:
@@ -189,12 +200,19 @@ class Screened:
         self.rival: dict[tuple[int, int], Tensor] = {}  # best stage-1 non-candidate value
         self.base: dict[tuple[int, int], Tensor] = {}  # stage-1 baseline draws
         self.baseline: str | None = None
-        self._buffers: dict[int, list[Tensor]] = {}  # float64 storage per model, reused
+        #: dtype of the pair products (float32 unless product_dtype="float64"); a batch whose
+        #: values float32 cannot hold within the bound is multiplied in float64
+        self.product = torch.float32
+        self.float64_batches = 0
+        self._buffers: dict[tuple[int, torch.dtype], list[Tensor]] = {}  # storage, reused
 
     @classmethod
-    def from_stage1(cls, run: CorrelationRun, k: int, rank: int, device: torch.device) -> Screened:
+    def from_stage1(
+        cls, run: CorrelationRun, k: int, rank: int, device: torch.device, product: torch.dtype
+    ) -> Screened:
         out = cls(run.n_tokens, k)
         out.baseline = run.baseline
+        out.product = product
         for r, c in run.directions:
             s = run.summaries[(r, c)]
             cols = torch.cat([s.top_idx[:, :k], s.low_idx], 1)
@@ -203,7 +221,7 @@ class Screened:
             cols, com = cols.masked_fill(missing, 0), com.masked_fill(missing, 0.0)
             pm = PairMoments.from_moments(
                 cols.cpu(), run.n_tokens, run.means[r], run.m2s[r], run.means[c], run.m2s[c],
-                com.cpu(), device=device, keep_sums=rank == 0,
+                com.cpu(), device=device, keep_sums=rank == 0, shift_dtype=product,
             )  # fmt: skip
             out.pairs[(r, c)] = pm
             out.rival[(r, c)] = s.top_val[:, k].cpu().masked_fill(s.top_idx[:, k].cpu() < 0, -1.0)
@@ -241,13 +259,21 @@ class Screened:
         return out
 
     def add(self, acts: list[Tensor], lengths: list[int]) -> None:
-        """One batch: each model's float64 copy is made once and serves every direction."""
+        """One batch: each model's centred copy is made once and serves every direction."""
         shifts = self.shifts()
         widest = max(acts[m].shape[1] for m in shifts)
-        chunks = {
-            m: sequence_chunks(acts[m], lengths, shift, widest, self._buffers.setdefault(m, []))
-            for m, shift in shifts.items()
-        }
+
+        def chunks_in(dtype: torch.dtype) -> dict[int, list[Sequences]]:
+            out = {}
+            for m, shift in shifts.items():
+                buffers = self._buffers.setdefault((m, dtype), [])
+                out[m] = sequence_chunks(acts[m], lengths, shift, widest, buffers, dtype=dtype)
+            return out
+
+        chunks = chunks_in(self.product)
+        if not all(float32_safe(c) for c in chunks.values()):
+            chunks = chunks_in(torch.float64)
+            self.float64_batches += 1
         for (r, c), pm in self.pairs.items():
             for x, y in zip(chunks[r], chunks[c], strict=True):
                 pm.add(x, y)
@@ -304,6 +330,7 @@ def _stage2(setup, cfg, screen: Screened, meta, rest: TokenSource, pairs_dir):
     if sequences:
         verify_prefix(pairs_dir, rest, cfg.batch_size, digests, sequences)
     meta["n1"], meta["k"] = screen.n1, screen.k
+    screen.product = _product(cfg)
     meta["directions"] = [list(d) for d in screen.pairs]
 
     def checkpoint(complete: bool = False) -> None:
