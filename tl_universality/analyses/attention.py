@@ -501,9 +501,8 @@ def path_ablation(
         model: Any TransformerLens model with MLPs.
         neuron: ``(layer, neuron)``.
         head: ``(head_layer, head)`` with ``head_layer > layer``.
-        tokens: Anything :func:`~tl_universality.data.tokens.as_token_source` takes (e.g. a ``[n,
-        seq]``
-            tensor of BOS-first rows).
+        tokens: Anything :func:`~tl_universality.data.tokens.as_token_source` takes (e.g. a
+            ``[n, seq]`` tensor of BOS-first rows).
         batch_size: Sequences per forward pass.
         max_tokens: Use at most this many tokens.
         bos_token_id: BOS id for a token tensor (default: the tokenizer's, else the first token).

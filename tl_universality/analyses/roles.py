@@ -68,8 +68,8 @@ def prediction_neurons(
 
     Args:
         model_or_table: a model (its :func:`~tl_universality.analyses.vocab.vocab_moments` are
-        computed) or
-            a table with ``vocab_var, vocab_skew, vocab_kurt`` (e.g. the neuron table).
+            computed) or a table with ``vocab_var, vocab_skew, vocab_kurt`` (e.g. the neuron
+            table).
         kurt_threshold: kurtosis (not excess) above which a neuron predicts or suppresses.
         partition_z: robust z-score of log10 vocabulary variance above which a neuron partitions.
         partition_var: absolute ``vocab_var`` threshold; overrides ``partition_z`` when given.

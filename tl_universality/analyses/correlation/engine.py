@@ -129,10 +129,9 @@ def correlate(
     Args:
         model: The reference model (the paper's seed ``a``).
         others: The other seeds.
-        tokens: Anything :func:`~tl_universality.data.tokens.as_token_source` accepts (a ``[n,
-        seq]``
-            tensor of ids whose rows start with BOS, a token source, a file, ``None`` for the
-            default corpus).
+        tokens: Anything :func:`~tl_universality.data.tokens.as_token_source` accepts (a
+            ``[n, seq]`` tensor of ids whose rows start with BOS, a token source, a file,
+            ``None`` for the default corpus).
         units: Which units (default every layer's ``mlp.hook_post``); one spec or one per model.
         all_pairs: Also correlate every pair of ``others``; returns one result per model, each
             with that model as the reference (statistics are accumulated once per pair).

@@ -430,7 +430,7 @@ def train_family_saes(
 
     Args:
         family: a :class:`~tl_universality.data.seeds.SeedFamily` (``.models``,
-        ``.train_tokens()``).
+            ``.train_tokens()``).
         hook_name: the hook every SAE reads.
         tokens: training tokens (default ``family.train_tokens()``).
         **kwargs: passed on to :func:`train_sae` (``d_sae`` is required).
