@@ -1,7 +1,8 @@
 """Run by ``torchrun`` from test_correlation_screened.py: a screened correlation on 2 ranks.
 
 Usage: ``torchrun --standalone --nproc_per_node 2 tests/analyses/screened_worker.py OUT``; each
-rank saves ``OUT/rank{r}`` (a CorrelationResult folder) and a checkpointed copy.
+rank saves ``OUT/rank{r}`` (a CorrelationResult folder), a checkpointed copy and a run with float32
+products (``OUT/f32.rank{r}``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ def tokens():
     return random_tokens(N_SEQ, SEQ, seed=6)
 
 
-def run(models, **extra):
+def run(models, product_dtype="float64", **extra):
     return correlate(
         models[0], models[1:], tokens(), bos_token_id=0, progress=False, n_draws=1,
-        batch_size=BATCH, product_dtype="float64", candidates=5, screen_tokens=600, **extra,
+        batch_size=BATCH, product_dtype=product_dtype, candidates=5, screen_tokens=600, **extra,
     )  # fmt: skip
 
 
@@ -39,6 +40,7 @@ def main(out: Path) -> None:
     models = family()
     run(models).save(out / f"rank{shard.rank}")
     run(models, checkpoint_dir=out / "ckpt").save(out / f"ckpt.rank{shard.rank}")
+    run(models, product_dtype=None).save(out / f"f32.rank{shard.rank}")  # float32 products
     torch.distributed.destroy_process_group()
 
 

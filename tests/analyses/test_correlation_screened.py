@@ -208,6 +208,16 @@ def test_two_gloo_ranks_equal_one_process(tmp_path) -> None:
             assert torch.equal(g.isnan(), w.isnan()), field
             assert (g - w).nan_to_num(0).abs().max() < 1e-12, (name, field)
         assert torch.equal(got.certified, want.certified)
+    # float32 products: the per-sequence products do not depend on the shard, only the order of
+    # the float64 sums does
+    want32 = worker.run(worker.family(), product_dtype=None)
+    for name in ("f32.rank0", "f32.rank1"):
+        got = CorrelationResult.load(tmp_path / name)
+        for field in ("max_corr", "min_corr", "top_corr", "max_corr_se", "baseline_draws"):
+            g, w = getattr(got, field), getattr(want32, field)
+            assert torch.equal(g.isnan(), w.isnan()), field
+            assert (g - w).nan_to_num(0).abs().max() < 1e-9, (name, field)
+        assert torch.equal(got.certified, want32.certified)
 
 
 def test_a_batch_float32_cannot_hold_is_multiplied_in_float64() -> None:
