@@ -134,3 +134,16 @@ def test_add_sparse_rows_matches_a_direct_loop(monkeypatch, sparse_product: bool
     out_t = torch.zeros(7, 6, dtype=torch.float64)
     products.add_sparse_rows(out_t.T, units, tokens, values, dense, chunk=9)
     assert np.abs(out_t.T.numpy() - want).max() < 1e-14
+
+
+def test_accumulate_in_row_blocks_equals_one_float64_add() -> None:
+    from tl_universality.stats.cross_moments.products import CENTRE_BLOCK_CPU, accumulate
+
+    g = torch.Generator().manual_seed(0)
+    cols = 4096
+    rows = 2 * CENTRE_BLOCK_CPU // cols + 3  # three blocks, the last one short
+    acc = torch.randn(rows, cols, generator=g, dtype=torch.float64)
+    part = torch.randn(rows, cols, generator=g)
+    want = acc + part.to(torch.float64)
+    accumulate(acc, part)
+    assert torch.equal(acc, want)

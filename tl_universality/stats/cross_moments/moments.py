@@ -15,6 +15,7 @@ from tl_universality.stats.cross_moments.products import (
     Block,
     ProductDtype,
     Side,
+    accumulate,
     add_sparse_rows,
     as_parts,
     big_entries,
@@ -227,7 +228,7 @@ class CrossMoments:
         for r0 in range(0, self.n_a, step):
             r1 = min(self.n_a, r0 + step)
             if product == torch.bfloat16:
-                self.sum_xy[r0:r1].add_(mm(xc[:, r0:r1].T, yc, product))
+                accumulate(self.sum_xy[r0:r1], mm(xc[:, r0:r1].T, yc, product))
                 continue
             if self._buffer is None:  # allocated once: a fresh one per batch costs page faults
                 rows = min(step, self.n_a)
@@ -238,7 +239,7 @@ class CrossMoments:
             for t0 in range(0, xc.shape[0], TOKEN_CHUNK):
                 t1 = min(xc.shape[0], t0 + TOKEN_CHUNK)
                 torch.mm(xc[t0:t1, r0:r1].T, yc[t0:t1], out=out)
-                self.sum_xy[r0:r1].add_(out)
+                accumulate(self.sum_xy[r0:r1], out)
 
     def _add_split_product(
         self, xc: Tensor, yc: Tensor, ax: Tensor, ex: Tensor, ay: Tensor, ey: Tensor
