@@ -27,16 +27,19 @@ between tokens of one sequence is accounted for; sequences are taken as independ
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tl_universality.stats.cross_moments.products import TOKEN_CHUNK
+
 #: Elements (tokens x units) of the copy of one chunk of sequences.
 CHUNK_ELEMENTS = 1 << 25
-#: Tokens of one float32 dot product before it reaches the float64 sums.
-FLOAT32_RUN = 512
+#: Tokens of one float32 dot product before it reaches the float64 sums (the exhaustive
+#: engine's rule for its float32 products).
+FLOAT32_RUN = TOKEN_CHUNK
 #: float32 chunks need every unit's Σx'² over the chunk to be 0 or within these bounds: below it
 #: products could sink into float32's subnormal range, above it they could overflow.
 FLOAT32_RANGE = (1e-28, 1e37)
@@ -185,12 +188,8 @@ class PairMoments:
         """
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
-        xs = sequence_chunks(x, lengths, self.shift_x, y.shape[1], dtype=dtype)
-        ys = sequence_chunks(y, lengths, self.shift_y, x.shape[1], dtype=dtype)
-        if not float32_safe(xs + ys):
-            xs = sequence_chunks(x, lengths, self.shift_x, y.shape[1])
-            ys = sequence_chunks(y, lengths, self.shift_y, x.shape[1])
-        for cx, cy in zip(xs, ys, strict=True):
+        chunks, _ = centred_chunks({0: x, 1: y}, {0: self.shift_x, 1: self.shift_y}, lengths, dtype)
+        for cx, cy in zip(chunks[0], chunks[1], strict=True):
             self.add(cx, cy)
         return self
 
@@ -446,6 +445,32 @@ def float32_safe(chunks: Sequence[Sequences]) -> bool:
         if not bool(((q == 0) | ((q >= lo) & (q <= hi))).all()):
             return False
     return True
+
+
+def centred_chunks(
+    acts: Mapping[int, Tensor],
+    shifts: Mapping[int, Tensor],
+    lengths: Sequence[int] | None,
+    dtype: torch.dtype,
+    buffers: dict[tuple[int, torch.dtype], list[Tensor]] | None = None,
+) -> tuple[dict[int, list[Sequences]], torch.dtype]:
+    """:func:`sequence_chunks` of every ``acts[m]`` about ``shifts[m]`` (the same sequences, cut
+    alike), in ``dtype``, or all in float64 when :func:`float32_safe` refuses any of them (the
+    two sides of a product need one dtype). Returns the chunks and the dtype used; ``buffers``
+    holds reusable storage per ``(m, dtype)``."""
+    other = max(acts[m].shape[1] for m in shifts)
+
+    def make(dt: torch.dtype) -> dict[int, list[Sequences]]:
+        out = {}
+        for m, shift in shifts.items():
+            store = None if buffers is None else buffers.setdefault((m, dt), [])
+            out[m] = sequence_chunks(acts[m], lengths, shift, other, store, dtype=dt)
+        return out
+
+    chunks = make(dtype)
+    if dtype != torch.float64 and not all(float32_safe(c) for c in chunks.values()):
+        return make(torch.float64), torch.float64
+    return chunks, dtype
 
 
 def sequence_chunks(

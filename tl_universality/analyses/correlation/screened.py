@@ -54,12 +54,7 @@ from tl_universality.analyses.correlation.run import CorrelationProgress, Correl
 from tl_universality.core.errors import InvalidArgumentError
 from tl_universality.core.saving import open_saved, remove_leftovers, save_folder
 from tl_universality.data.tokens.sources import TokenSource
-from tl_universality.stats.pair_moments import (
-    PairMoments,
-    Sequences,
-    float32_safe,
-    sequence_chunks,
-)
+from tl_universality.stats.pair_moments import PairMoments, centred_chunks
 from tl_universality.units.activations import stream_activations
 from tl_universality.units.specs import PerModel
 
@@ -146,7 +141,8 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
     else:
         stage1 = dataclasses.replace(setup, folder=None if folder is None else folder / "screen")
         done = run_exhaustive(stage1, cfg1, screen=k)
-        screen = Screened.from_stage1(done.run, k, shard.rank, setup.device, _product(cfg))
+        product = _product(cfg.product_dtype)
+        screen = Screened.from_stage1(done.run, k, shard.rank, setup.device, product)
         config = {**done.config, **cfg.to_dict(), "screen_tokens_used": done.run.n_tokens}
         meta = {
             "fingerprint": fingerprint,
@@ -160,10 +156,10 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
     return _stage2(setup, cfg, screen, meta, Remainder(whole, n1_seq), pairs_dir)
 
 
-def _product(cfg: CorrelationConfig) -> torch.dtype:
-    """dtype of the stage-2 pair products: float64 when asked for, float32 otherwise (TF32 and
-    bfloat16 speed up the exhaustive GEMMs only; the sampled products stay float32)."""
-    return torch.float64 if cfg.product_dtype == "float64" else torch.float32
+def _product(product_dtype: str | None) -> torch.dtype:
+    """dtype of the stage-2 pair products for the ``product_dtype`` setting: float64 when asked
+    for, float32 otherwise (TF32 and bfloat16 speed up the exhaustive GEMMs only)."""
+    return torch.float64 if product_dtype == "float64" else torch.float32
 
 
 def _models_print(setup: Setup) -> dict[str, Any]:
@@ -242,6 +238,7 @@ class Screened:
     ) -> Screened:
         out = cls(int(meta["n1"]), int(meta["k"]))
         out.baseline = meta["config"]["baseline"]
+        out.product = _product(meta["config"]["product_dtype"])
         for key in meta["directions"]:
             r, c = int(key[0]), int(key[1])
             p = f"pairs.{r}.{c}."
@@ -260,19 +257,10 @@ class Screened:
 
     def add(self, acts: list[Tensor], lengths: list[int]) -> None:
         """One batch: each model's centred copy is made once and serves every direction."""
-        shifts = self.shifts()
-        widest = max(acts[m].shape[1] for m in shifts)
-
-        def chunks_in(dtype: torch.dtype) -> dict[int, list[Sequences]]:
-            out = {}
-            for m, shift in shifts.items():
-                buffers = self._buffers.setdefault((m, dtype), [])
-                out[m] = sequence_chunks(acts[m], lengths, shift, widest, buffers, dtype=dtype)
-            return out
-
-        chunks = chunks_in(self.product)
-        if not all(float32_safe(c) for c in chunks.values()):
-            chunks = chunks_in(torch.float64)
+        chunks, used = centred_chunks(
+            dict(enumerate(acts)), self.shifts(), lengths, self.product, self._buffers
+        )
+        if used != self.product:
             self.float64_batches += 1
         for (r, c), pm in self.pairs.items():
             for x, y in zip(chunks[r], chunks[c], strict=True):
@@ -330,7 +318,6 @@ def _stage2(setup, cfg, screen: Screened, meta, rest: TokenSource, pairs_dir):
     if sequences:
         verify_prefix(pairs_dir, rest, cfg.batch_size, digests, sequences)
     meta["n1"], meta["k"] = screen.n1, screen.k
-    screen.product = _product(cfg)
     meta["directions"] = [list(d) for d in screen.pairs]
 
     def checkpoint(complete: bool = False) -> None:
