@@ -15,7 +15,8 @@ On the same random models and token stream, in one process:
    the exhaustive run (all units, certified units), universal-set agreement (each run's own
    baseline, and the exhaustive run's), certified share and peak memory; 4a end to end, 4b on
    activations computed once and replayed from memory (the correlation work alone). ``--related
-   NOISE`` runs it on a related family (``benchmarks/replay.py``) instead of random seeds.
+   NOISE`` runs it on a related family (``benchmarks/replay.py``) instead of random seeds;
+   ``--baseline-candidates B`` adds a screened run that follows the baseline (``followed``).
 
 Usage::
 
@@ -324,6 +325,8 @@ def screened_child(args) -> None:
     kw = dict(batch_size=args.batch_size, device=args.device, n_draws=1, bos_token_id=BOS,
               progress=False)  # fmt: skip
     extra = dict(candidates=args.candidates, screen_tokens=args.screen_tokens)
+    if method == "followed":
+        extra["baseline_candidates"] = args.baseline_candidates
 
     def go(ms, t):
         if method == "forward":  # the floor of every pipeline: each model's activations once
@@ -337,7 +340,7 @@ def screened_child(args) -> None:
             out = reference_style(ms, t, args.batch_size, args.device)
             return {"max_corr": torch.stack([m for m, _ in out]).double(),
                     "baseline": torch.stack([b for _, b in out]).double()}  # fmt: skip
-        r = correlate(ms[0], ms[1:], t, **kw, **(extra if method == "screened" else {}))
+        r = correlate(ms[0], ms[1:], t, **kw, **(extra if method != "exhaustive" else {}))
         out = {"max_corr": r.max_corr, "baseline": r.baseline_max}
         if r.certified is not None:
             out["certified"] = r.certified.to(torch.uint8)
@@ -361,7 +364,8 @@ def bench_screened(args, cached: bool = False) -> list:
     env = dict(os.environ)
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for method in ("forward", "reference", "exhaustive", "screened"):
+        methods = ["forward", "reference", "exhaustive", "screened"]
+        for method in methods + (["followed"] if args.baseline_candidates else []):
             out = os.path.join(tmp, f"{method}.safetensors")
             cmd = [
                 sys.executable, __file__, "--screened-child", method, "--out", out, "--k",
@@ -369,6 +373,7 @@ def bench_screened(args, cached: bool = False) -> list:
                 str(args.n_seq), "--seq-len", str(args.seq_len), "--batch-size",
                 str(args.batch_size), "--n-ctx", str(args.n_ctx), "--candidates",
                 str(args.candidates), "--screen-tokens", str(args.screen_tokens),
+                "--baseline-candidates", str(args.baseline_candidates or 0),
             ] + (["--threads", str(args.threads)] if args.threads else [])  # fmt: skip
             cmd += (["--cached"] if cached else []) + (
                 ["--related", str(args.related)] if args.related is not None else []
@@ -376,7 +381,6 @@ def bench_screened(args, cached: bool = False) -> list:
             done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             runs[method] = (json.loads(done.stdout.strip().splitlines()[-1]), load_file(out))
     ex = runs["exhaustive"][1]
-    cert = runs["screened"][1]["certified"].bool()
 
     def universal(r, baseline=None):
         base = r["baseline"] if baseline is None else baseline
@@ -388,10 +392,13 @@ def bench_screened(args, cached: bool = False) -> list:
             ratios = [f"{runs[b][0]['wall'] / m['wall']:.2f}x" for b in ("reference", "exhaustive")]
             ratios = ["-", "-"] if cached else ratios  # a replay of views costs next to nothing
             label = "replay of cached activations" if cached else "forward passes only"
-            table.append([label, f"{m['wall']:.1f} s", *ratios, "-", "-", "-", "-",
+            table.append([label, f"{m['wall']:.1f} s", *ratios, "-", "-", "-", "-", "-",
                           "-", f"{(m['rss_peak'] - m['rss_before']) / 1e6:.0f} MB"])  # fmt: skip
             continue
         diff = (r["max_corr"] - ex["max_corr"]).abs().nan_to_num(0)
+        base_diff = (r["baseline"] - ex["baseline"]).abs().nan_to_num(0).max()
+        screened = "certified" in r
+        cert = r["certified"].bool() if screened else None
         same = torch.equal(universal(r), universal(ex))
         # the same max-correlations give the same set under one baseline: the screened baseline
         # comes from the screening tokens only, so units near the threshold can move
@@ -399,10 +406,11 @@ def bench_screened(args, cached: bool = False) -> list:
         row = [
             method, f"{m['wall']:.1f} s", f"{runs['reference'][0]['wall'] / m['wall']:.2f}x",
             f"{runs['exhaustive'][0]['wall'] / m['wall']:.2f}x", f"{diff.max():.1e}",
-            f"{diff[cert].max():.1e}" if method == "screened" and cert.any() else "-",
+            f"{diff[cert].max():.1e}" if screened and cert.any() else "-",
+            f"{base_diff:.1e}",
             f"{'same' if same else 'DIFFER'} ({int(universal(r).sum())})",
             "same" if same_base else "DIFFER",
-            f"{cert.float().mean():.1%}" if method == "screened" else "-",
+            f"{cert.float().mean():.1%}" if screened else "-",
             f"{(m['rss_peak'] - m['rss_before']) / 1e6:.0f} MB",
         ]  # fmt: skip
         table.append(row)
@@ -438,6 +446,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5, help="models in the screened comparison")
     parser.add_argument("--candidates", type=int, default=8, help="K of the screened mode")
     parser.add_argument("--screen-tokens", type=int, default=None, help="screened stage 1")
+    parser.add_argument(
+        "--baseline-candidates", type=int, default=0, help="also a screened run following B"
+    )
     parser.add_argument(
         "--related", type=float, default=None,
         help="section 4 on a permuted, noised family of one model (noise / weight std)",
@@ -524,8 +535,8 @@ def main() -> None:
             f" {family}, rotation baseline, 1 draw; {what}; fresh process each; diffs against"
             " exhaustive",
             ["pipeline", "wall", "vs reference", "vs exhaustive", "max |diff| max_corr",
-             "certified units", "universal set", "exhaustive's baseline", "certified",
-             "peak - before"],
+             "certified units", "max |diff| baseline", "universal set", "exhaustive's baseline",
+             "certified", "peak - before"],
             bench_screened(args, cached),
         )  # fmt: skip
 

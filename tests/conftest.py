@@ -25,3 +25,19 @@ def tiny_tokenizer():
     from tl_universality.data.seeds import PRESETS
 
     return load_default_tokenizer(PRESETS["tiny"].vocab_size)
+
+
+@pytest.fixture(scope="session")
+def random_family():
+    """Three small random models (``tests.helpers.build_model``, seeds 0, 1, 2)."""
+    from tests.helpers import build_model
+
+    return [build_model(seed=s) for s in (0, 1, 2)]
+
+
+@pytest.fixture(scope="session")
+def random_stream():
+    """400 random sequences of 32 tokens (BOS 0 first), seed 1."""
+    from tests.helpers import random_tokens
+
+    return random_tokens(400, 32, seed=1)

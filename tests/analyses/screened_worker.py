@@ -2,7 +2,7 @@
 
 Usage: ``torchrun --standalone --nproc_per_node 2 tests/analyses/screened_worker.py OUT``; each
 rank saves ``OUT/rank{r}`` (a CorrelationResult folder), a checkpointed copy and a run with float32
-products (``OUT/f32.rank{r}``).
+products (``OUT/f32.rank{r}``) and one that follows the baseline (``OUT/follow.rank{r}``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main(out: Path) -> None:
     run(models).save(out / f"rank{shard.rank}")
     run(models, checkpoint_dir=out / "ckpt").save(out / f"ckpt.rank{shard.rank}")
     run(models, product_dtype=None).save(out / f"f32.rank{shard.rank}")  # float32 products
+    run(models, baseline_candidates=4).save(out / f"follow.rank{shard.rank}")
     torch.distributed.destroy_process_group()
 
 

@@ -14,13 +14,13 @@ KW = dict(bos_token_id=0, progress=False, n_draws=1, batch_size=8, product_dtype
 
 
 @pytest.fixture(scope="module")
-def family():
-    return [build_model(seed=s) for s in (0, 1, 2)]
+def family(random_family):
+    return random_family
 
 
 @pytest.fixture(scope="module")
-def tokens():
-    return random_tokens(400, 32, seed=1)
+def tokens(random_stream):
+    return random_stream
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +218,14 @@ def test_two_gloo_ranks_equal_one_process(tmp_path) -> None:
             assert torch.equal(g.isnan(), w.isnan()), field
             assert (g - w).nan_to_num(0).abs().max() < 1e-9, (name, field)
         assert torch.equal(got.certified, want32.certified)
+    # the followed baseline: its pair sums merge like the candidates'
+    want_follow = worker.run(worker.family(), baseline_candidates=4)
+    for name in ("follow.rank0", "follow.rank1"):
+        got = CorrelationResult.load(tmp_path / name)
+        g, w = got.baseline_draws, want_follow.baseline_draws
+        assert torch.equal(g.isnan(), w.isnan())
+        assert (g - w).nan_to_num(0).abs().max() < 1e-12, name
+        assert torch.equal(got.baseline_certified, want_follow.baseline_certified)
 
 
 def test_a_batch_float32_cannot_hold_is_multiplied_in_float64() -> None:

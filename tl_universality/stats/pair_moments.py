@@ -137,6 +137,7 @@ class PairMoments:
         device: torch.device | str | None = None,
         keep_sums: bool = True,
         shift_dtype: torch.dtype = torch.float64,
+        shift_y: Float[Tensor, " b"] | None = None,
     ) -> PairMoments:
         """Start from the exact moments of ``n`` earlier tokens (sums about their means).
 
@@ -145,7 +146,8 @@ class PairMoments:
         the earlier variances and correlations they are the pilot of the standard errors. The
         earlier sums are re-expressed about the shift; the earlier tokens add no blocks. With
         ``keep_sums=False`` only the shift and pilot are taken (the other ranks of a process
-        group, whose sums are added to rank 0's).
+        group, whose sums are added to rank 0's). ``shift_y``, when given, is side B's shift
+        as it is (for values the caller centres itself).
         """
         f64 = torch.float64
         m2_x, m2_y, comoment = m2_x.to(f64), m2_y.to(f64), comoment.to(f64)
@@ -154,7 +156,8 @@ class PairMoments:
         scale_y = (m2_y.clamp_min(0) / max(n, 1)).sqrt()
         cols = cols.to(comoment.device)
         pilot = comoment / (m2_x[:, None] * m2_y[cols]).sqrt()
-        shift_x, shift_y = mean_x.to(shift_dtype).to(f64), mean_y.to(shift_dtype).to(f64)
+        shift_x = mean_x.to(shift_dtype).to(f64)
+        shift_y = mean_y.to(shift_dtype).to(f64) if shift_y is None else shift_y.to(f64)
         out = cls(cols, shift_x, shift_y, scale_x, scale_y, pilot.nan_to_num(0.0), device)
         if not keep_sums:
             return out

@@ -17,7 +17,7 @@ import torch
 
 from tl_universality.core.errors import InvalidArgumentError
 from tl_universality.core.validate import check_int, check_number
-from tl_universality.stats.baselines import check_kind
+from tl_universality.stats.baselines import MIXING_KINDS, check_kind
 
 #: How ranks split a run under ``torch.distributed`` (docs/scaling.md, "Distributed runs").
 PARALLEL_MODES = ("tokens", "tiles")
@@ -58,6 +58,7 @@ class CorrelationConfig:
     screen_tokens: int | None = None
     certificate_sigmas: float = 4.0
     tol: float | None = None
+    baseline_candidates: int | None = None
 
     def __post_init__(self) -> None:
         check_kind(self.baseline)
@@ -85,10 +86,22 @@ class CorrelationConfig:
             "certificate_sigmas",
             check_number("certificate_sigmas", self.certificate_sigmas, minimum=0.0),
         )
+        set_(
+            self,
+            "baseline_candidates",
+            check_int("baseline_candidates", self.baseline_candidates, minimum=1, optional=True),
+        )
+        if self.baseline_candidates is not None and self.baseline not in MIXING_KINDS:
+            raise InvalidArgumentError(
+                f"baseline_candidates={self.baseline_candidates} follows the mixed units of a"
+                f" mixing baseline, but baseline={self.baseline!r}. Fix: drop"
+                " baseline_candidates (the gaussian_noise baseline is exact from the token count"
+                " alone), or pass baseline='rotation'."
+            )
         tol = check_number("tol", self.tol, minimum=0.0, strict_minimum=True, optional=True)
         set_(self, "tol", tol)
         if self.candidates is None:
-            for name in ("screen_tokens", "tol"):
+            for name in ("screen_tokens", "tol", "baseline_candidates"):
                 if getattr(self, name) is not None:
                     raise InvalidArgumentError(
                         f"{name}={getattr(self, name)!r} only applies to the screened mode."

@@ -113,6 +113,7 @@ def correlate(
     screen_tokens: int | None = None,
     certificate_sigmas: float = 4.0,
     tol: float | None = None,
+    baseline_candidates: int | None = None,
     config: CorrelationConfig | None = None,
     names: Sequence[str] | None = None,
     progress: bool = True,
@@ -171,6 +172,11 @@ def correlate(
         tol: With ``candidates``, stop early once every max-correlation's standard error is
             below ``tol`` and neither the max-correlations (by more than ``tol``) nor the
             universal set changed since the last check (``result.config["stopped_early"]``).
+        baseline_candidates: With ``candidates`` and a mixing baseline, follow each unit's
+            ``baseline_candidates`` best mixed units of every draw (chosen on the screening
+            tokens) through every token, so the baseline is exact over the whole stream and
+            certified like ``max_corr``; the cost per token is one mix of each other model per
+            draw. Default None: the baseline comes from the screening tokens.
         config: All the settings above as one :class:`CorrelationConfig` (the keywords are
             turned into one otherwise; passing both is an error where they disagree).
         names: Labels of ``[model, *others]`` in tables (default their ``cfg.model_name``).
@@ -201,7 +207,7 @@ def correlate(
         product_dtype=product_dtype, exclude_token_ids=exclude_token_ids, seq_len=seq_len,
         max_tokens=max_tokens, checkpoint_every=checkpoint_every, parallel=parallel,
         candidates=candidates, screen_tokens=screen_tokens, certificate_sigmas=certificate_sigmas,
-        tol=tol,
+        tol=tol, baseline_candidates=baseline_candidates,
     )  # fmt: skip
     cfg = _settings(config, given)
     check_device("device", device)
@@ -253,9 +259,12 @@ class Exhaustive:
     digests: list[str]
 
 
-def run_exhaustive(setup: Setup, cfg: CorrelationConfig, screen: int = 0) -> Exhaustive:
+def run_exhaustive(
+    setup: Setup, cfg: CorrelationConfig, screen: int = 0, follow: int = 0
+) -> Exhaustive:
     """The exhaustive statistics over ``setup.stream`` (limited to ``cfg.max_tokens``), with
-    checkpoints in ``setup.folder``; ``screen=K`` also keeps what a screened run needs."""
+    checkpoints in ``setup.folder``; ``screen=K`` also keeps what a screened run needs, and
+    ``follow=B`` each unit's best mixed units of the baseline."""
     models, specs, labels, dev = setup.models, setup.specs, setup.labels, setup.device
     folder, progress, callback = setup.folder, setup.progress, setup.callback
     model = models[0]
@@ -305,6 +314,7 @@ def run_exhaustive(setup: Setup, cfg: CorrelationConfig, screen: int = 0) -> Exh
         device=dev,
         all_pairs=cfg.all_pairs,
         screen=screen,
+        follow=follow,
         rank=shard.rank,
     )
     config_out = {
@@ -330,6 +340,8 @@ def run_exhaustive(setup: Setup, cfg: CorrelationConfig, screen: int = 0) -> Exh
     fingerprint: dict[str, Any] = {}
     if folder is not None:
         fingerprint = _fingerprint(cfg, models, weights, indices, source, plan)
+        if follow:  # a screening run that also keeps the baseline's best mixed units
+            fingerprint["follow"] = follow
         loaded = load_checkpoint(folder)
         if loaded is not None:
             state, meta = loaded

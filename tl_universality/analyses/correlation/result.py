@@ -48,6 +48,9 @@ class CorrelationResult(Result):
         certified: Screened runs: ``[models, units]`` whether the unit's exact max-correlation
             beats the screening value of its best non-candidate by ``certificate_sigmas``
             standard errors (so no unit outside the candidates can hold the maximum).
+        baseline_certified: Screened runs with ``baseline_candidates``: ``[models, units]``
+            whether every draw's baseline, followed over all tokens, is certified the same way
+            (then it is the exhaustive run's; otherwise it is a lower bound of it).
 
     The table view (:meth:`to_dataframe`) uses the paper's names: ``max_corr``, ``mean_corr`` and
     ``min_corr`` are the max, mean and min *over models* of the per-model max correlation (likewise
@@ -73,6 +76,7 @@ class CorrelationResult(Result):
     max_corr_se: Float[Tensor, "models units"] | None = None
     min_corr_se: Float[Tensor, "models units"] | None = None
     certified: Bool[Tensor, "models units"] | None = None
+    baseline_certified: Bool[Tensor, "models units"] | None = None
 
     # -- per unit ------------------------------------------------------------------------------
 
@@ -269,7 +273,7 @@ class CorrelationResult(Result):
         "baseline_draws",
     )
 
-    _SCREENED = ("max_corr_se", "min_corr_se", "certified")
+    _SCREENED = ("max_corr_se", "min_corr_se", "certified", "baseline_certified")
 
     FORMAT = "tl_universality.correlation_result"
     VERSION = 2
@@ -284,7 +288,7 @@ class CorrelationResult(Result):
         for name in self._SCREENED:
             value = getattr(self, name)
             if value is not None:
-                tensors[name] = value.to(torch.uint8) if name == "certified" else value
+                tensors[name] = value.to(torch.uint8) if value.dtype == torch.bool else value
         out.write_tensors("arrays", tensors)
         out.write_table("neurons", self.to_dataframe())
         meta.update(
@@ -322,6 +326,9 @@ class CorrelationResult(Result):
             max_corr_se=t.get("max_corr_se"),
             min_corr_se=t.get("min_corr_se"),
             certified=t["certified"].bool() if "certified" in t else None,
+            baseline_certified=(
+                t["baseline_certified"].bool() if "baseline_certified" in t else None
+            ),
             **{name: t[name] for name in cls._ARRAYS},
         )
         result.check_consistent()
@@ -386,6 +393,10 @@ class CorrelationResult(Result):
         if self.certified is not None:
             out["n_certified"] = self.n_certified
             out["certified_share"] = self.n_certified / max(1, int((~self.dead).sum()))
+        if self.baseline_certified is not None:
+            live = int((~self.dead).sum())
+            held = int((self.baseline_certified.all(0) & ~self.dead).sum())
+            out["baseline_certified_share"] = held / max(1, live)
         if self.baseline:
             for row in self.universal_share(threshold).itertuples():
                 out[f"universal_share_L{int(row.layer)}"] = float(row.universal_share)

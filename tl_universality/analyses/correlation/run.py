@@ -103,11 +103,13 @@ class CorrelationRun:
         device: torch.device,
         all_pairs: bool,
         screen: int = 0,
+        follow: int = 0,
         rank: int = 0,
     ) -> None:
         self.plan, self.indices, self.rank = plan, list(indices), rank
         # A screening run (stage 1 of ``candidates=K``) also keeps the K most anti-correlated
-        # units, the co-moments of both lists, and every unit's mean and sum of squares.
+        # units, the co-moments of both lists, and every unit's mean and sum of squares; with
+        # ``follow=B`` each row's B + 1 best mixed units of every draw too.
         self.screen = screen
         self.baseline, self.n_draws, self.seed = baseline, n_draws, seed
         self.product_dtype, self.device = product_dtype, device
@@ -117,7 +119,7 @@ class CorrelationRun:
             self.directions += [(j, i) for i, j in plan.pairs]
         draws = n_draws if baseline else 0
         self.summaries = {
-            (r, c): Summary(indices[r].n_units, top_k, draws, device, screen)
+            (r, c): Summary(indices[r].n_units, top_k, draws, device, screen, follow)
             for r, c in self.directions
         }
         self.matrices = (
@@ -356,6 +358,9 @@ class CorrelationRun:
                         cov_xy = stats.comoment(slice(r0, r1), slice(s, e))
                         r = mixed_correlation(cov_xy, m2_x[r0:r1], None, mix, var_z=var_z)
                         summary.add_baseline(draw, global_rows, nanmax(r))
+                        if summary.follow:
+                            first = self.indices[model].offsets[hook]
+                            summary.add_mixed_top(draw, global_rows, r, first, m2_x[r0:r1], var_z)
                 again += not self._keep_mixing(key, mix)
         if again:
             logger.info(

@@ -49,12 +49,14 @@ from tl_universality.analyses.correlation.engine import (
     verify_prefix,
 )
 from tl_universality.analyses.correlation.fingerprint import batch_digest
+from tl_universality.analyses.correlation.followed import FollowedBaseline
 from tl_universality.analyses.correlation.result import CorrelationResult
 from tl_universality.analyses.correlation.run import CorrelationProgress, CorrelationRun
 from tl_universality.core.errors import InvalidArgumentError
 from tl_universality.core.saving import open_saved, remove_leftovers, save_folder
 from tl_universality.data.tokens.sources import TokenSource
-from tl_universality.stats.pair_moments import PairMoments, centred_chunks
+from tl_universality.stats.baselines import noise_max_corr
+from tl_universality.stats.pair_moments import PairMoments, centred_chunks, float32_safe
 from tl_universality.units.activations import stream_activations
 from tl_universality.units.specs import PerModel
 
@@ -118,8 +120,9 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
     whole = stream.limit(cfg.max_tokens) if cfg.max_tokens is not None else stream
     n1_seq = screen_sequences(cfg, whole)
     n1_tokens = n1_seq * whole.seq_len
+    follow = cfg.baseline_candidates or 0
     cfg1 = cfg.replace(
-        candidates=None, screen_tokens=None, tol=None, top_k=k + 1,
+        candidates=None, screen_tokens=None, tol=None, baseline_candidates=None, top_k=k + 1,
         max_tokens=n1_tokens if cfg.max_tokens is None else min(n1_tokens, cfg.max_tokens),
     )  # fmt: skip
     folder = setup.folder
@@ -133,16 +136,21 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
     if loaded is not None:
         state, meta = loaded
         check_fingerprint(pairs_dir, meta["fingerprint"], fingerprint)
-        screen = Screened.from_state(state, meta, setup.device)
+        screen = Screened.from_state(state, meta, setup.device, _offsets(setup))
         verify_prefix(
             pairs_dir, whole.limit(n1_tokens), cfg.batch_size, list(meta["screen_digests"]),
             n1_seq,
         )  # fmt: skip
     else:
         stage1 = dataclasses.replace(setup, folder=None if folder is None else folder / "screen")
-        done = run_exhaustive(stage1, cfg1, screen=k)
+        done = run_exhaustive(stage1, cfg1, screen=k, follow=follow)
         product = _product(cfg.product_dtype)
         screen = Screened.from_stage1(done.run, k, shard.rank, setup.device, product)
+        if follow:
+            screen.followed = FollowedBaseline.from_stage1(
+                done.run, follow, _offsets(setup), keep_sums=shard.rank == 0,
+                device=setup.device, product=product,
+            )  # fmt: skip
         config = {**done.config, **cfg.to_dict(), "screen_tokens_used": done.run.n_tokens}
         meta = {
             "fingerprint": fingerprint,
@@ -160,6 +168,10 @@ def _product(product_dtype: str | None) -> torch.dtype:
     """dtype of the stage-2 pair products for the ``product_dtype`` setting: float64 when asked
     for, float32 otherwise (TF32 and bfloat16 speed up the exhaustive GEMMs only)."""
     return torch.float64 if product_dtype == "float64" else torch.float32
+
+
+def _offsets(setup: Setup) -> list[tuple[int, ...]]:
+    return [i.offsets for i in setup.indices]
 
 
 def _models_print(setup: Setup) -> dict[str, Any]:
@@ -196,10 +208,13 @@ class Screened:
         self.rival: dict[tuple[int, int], Tensor] = {}  # best stage-1 non-candidate value
         self.base: dict[tuple[int, int], Tensor] = {}  # stage-1 baseline draws
         self.baseline: str | None = None
+        self.seed = 0  # of the baseline draws
         #: dtype of the pair products (float32 unless product_dtype="float64"); a batch whose
         #: values float32 cannot hold within the bound is multiplied in float64
         self.product = torch.float32
         self.float64_batches = 0
+        #: with ``baseline_candidates``: the baseline followed through stage 2
+        self.followed: FollowedBaseline | None = None
         self._buffers: dict[tuple[int, torch.dtype], list[Tensor]] = {}  # storage, reused
 
     @classmethod
@@ -207,7 +222,7 @@ class Screened:
         cls, run: CorrelationRun, k: int, rank: int, device: torch.device, product: torch.dtype
     ) -> Screened:
         out = cls(run.n_tokens, k)
-        out.baseline = run.baseline
+        out.baseline, out.seed = run.baseline, run.seed
         out.product = product
         for r, c in run.directions:
             s = run.summaries[(r, c)]
@@ -230,14 +245,20 @@ class Screened:
             out.update({f"pairs.{r}.{c}.{n}": v for n, v in pm.state_dict().items()})
             out[f"rival.{r}.{c}"] = self.rival[(r, c)]
             out[f"base.{r}.{c}"] = self.base[(r, c)]
+        if self.followed is not None:
+            out.update(self.followed.tensors())
         return out
 
     @classmethod
     def from_state(
-        cls, state: dict[str, Tensor], meta: dict[str, Any], device: torch.device
+        cls,
+        state: dict[str, Tensor],
+        meta: dict[str, Any],
+        device: torch.device,
+        offsets: list[tuple[int, ...]],
     ) -> Screened:
         out = cls(int(meta["n1"]), int(meta["k"]))
-        out.baseline = meta["config"]["baseline"]
+        out.baseline, out.seed = meta["config"]["baseline"], int(meta["config"]["seed"])
         out.product = _product(meta["config"]["product_dtype"])
         for key in meta["directions"]:
             r, c = int(key[0]), int(key[1])
@@ -245,6 +266,11 @@ class Screened:
             sub = {n[len(p) :]: v for n, v in state.items() if n.startswith(p)}
             out.pairs[(r, c)] = PairMoments.from_state_dict(sub, device=device)
             out.rival[(r, c)], out.base[(r, c)] = state[f"rival.{r}.{c}"], state[f"base.{r}.{c}"]
+        if meta.get("followed"):
+            config = meta["config"]
+            out.followed = FollowedBaseline.from_state(
+                state, meta["followed"], out.n1, offsets, config["baseline"], config["seed"], device
+            )
         return out
 
     def shifts(self) -> dict[int, Tensor]:
@@ -260,11 +286,36 @@ class Screened:
         chunks, used = centred_chunks(
             dict(enumerate(acts)), self.shifts(), lengths, self.product, self._buffers
         )
+        mixed = self.followed.project(chunks) if self.followed is not None else {}
+        if used != torch.float64 and not all(float32_safe(z) for z in mixed.values()):
+            chunks, used = centred_chunks(
+                dict(enumerate(acts)), self.shifts(), lengths, torch.float64, self._buffers
+            )
+            mixed = self.followed.project(chunks)  # type: ignore[union-attr]
         if used != self.product:
             self.float64_batches += 1
         for (r, c), pm in self.pairs.items():
             for x, y in zip(chunks[r], chunks[c], strict=True):
                 pm.add(x, y)
+        if self.followed is not None:
+            self.followed.add(chunks, mixed)
+
+    def baseline_draws(self, key: tuple[int, int], sigmas: float) -> tuple[Tensor, Tensor | None]:
+        """``([draws, a] baseline, [a] certified or None)`` of direction ``key``: followed over
+        every token with ``baseline_candidates`` (certified by :meth:`FollowedBaseline.draws`),
+        else the screening tokens' (None: no certificate); the ``"gaussian_noise"`` baseline is
+        exact from the token count."""
+        pm = self.pairs[key]
+        if self.followed is not None:
+            return self.followed.draws(key, sigmas)
+        base = self.base[key]
+        if self.baseline == "gaussian_noise" and base.shape[0]:
+            r, c = key
+            base = noise_max_corr(
+                pm.n, pm.shift_y.shape[0], pm.n_a, n_draws=base.shape[0], seed=self.seed,
+                key=(r, c),
+            ).masked_fill(pm.dead_x().cpu()[None, :], torch.nan)  # fmt: skip
+        return base, None
 
     # -- the numbers ---------------------------------------------------------------------------
 
@@ -319,6 +370,7 @@ def _stage2(setup, cfg, screen: Screened, meta, rest: TokenSource, pairs_dir):
         verify_prefix(pairs_dir, rest, cfg.batch_size, digests, sequences)
     meta["n1"], meta["k"] = screen.n1, screen.k
     meta["directions"] = [list(d) for d in screen.pairs]
+    meta["followed"] = screen.followed.meta() if screen.followed is not None else None
 
     def checkpoint(complete: bool = False) -> None:
         if pairs_dir is None:
@@ -369,6 +421,8 @@ def _stage2(setup, cfg, screen: Screened, meta, rest: TokenSource, pairs_dir):
         if shard.distributed:
             for pm in screen.pairs.values():
                 pm.reduce_across(all_reduce)
+            if screen.followed is not None:
+                screen.followed.reduce_across(all_reduce)
         checkpoint(complete=True)
     return _results(setup, cfg, screen, meta)
 
@@ -386,7 +440,8 @@ def _stable(screen: Screened, cfg, previous: dict[str, Any] | None):
         now["max"][key] = red["max_corr"]
         live = ~red["max_corr"].isnan()
         small &= bool((red["max_se"][live].nan_to_num(torch.inf) < tol).all())
-        base = screen.base[key].nanmean(0) if screen.base[key].shape[0] else None
+        draws, _ = screen.baseline_draws(key, cfg.certificate_sigmas)
+        base = draws.nanmean(0) if draws.shape[0] else None
         if base is not None:
             per_ref.setdefault(key[0], []).append((red["max_corr"], base))
     for r, parts in per_ref.items():
@@ -418,6 +473,8 @@ def _results(setup: Setup, cfg, screen: Screened, meta: dict[str, Any]):
     for r in refs:
         others = sorted(c for rr, c in screen.pairs if rr == r)
         reds = [screen.reduce((r, c), cfg.top_k, cfg.certificate_sigmas) for c in others]
+        bases = [screen.baseline_draws((r, c), cfg.certificate_sigmas) for c in others]
+        held = [ok for _, ok in bases if ok is not None]
         out.append(
             CorrelationResult(
                 units=setup.indices[r],
@@ -430,7 +487,7 @@ def _results(setup: Setup, cfg, screen: Screened, meta: dict[str, Any]):
                 argmin=torch.stack([d["argmin"] for d in reds]),
                 top_corr=torch.stack([d["top_corr"] for d in reds]),
                 top_index=torch.stack([d["top_index"] for d in reds]),
-                baseline_draws=torch.stack([screen.base[(r, c)] for c in others]),
+                baseline_draws=torch.stack([b for b, _ in bases]),
                 dead=reds[0]["dead_x"],
                 other_dead=tuple(d["dead_y"] for d in reds),
                 baseline=screen.baseline,
@@ -438,6 +495,7 @@ def _results(setup: Setup, cfg, screen: Screened, meta: dict[str, Any]):
                 max_corr_se=torch.stack([d["max_se"] for d in reds]),
                 min_corr_se=torch.stack([d["min_se"] for d in reds]),
                 certified=torch.stack([d["certified"] for d in reds]),
+                baseline_certified=torch.stack(held) if held else None,
             )
         )
     return out if cfg.all_pairs else out[0]

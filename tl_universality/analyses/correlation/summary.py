@@ -1,5 +1,6 @@
 """Running per-row reductions of a correlation run: max/argmax, min/argmin, top-k, baseline
-draws, and for a screening run the most anti-correlated units and the co-moments of both lists."""
+draws, and for a screening run the most anti-correlated units and the co-moments of both lists
+(and, to follow the baseline, each row's best mixed units per draw)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,19 @@ class Summary:
     FIELDS = ("max_val", "max_idx", "min_val", "min_idx", "top_val", "top_idx", "base")
     # with ``screen``: the K most anti-correlated units too, and the co-moments of both lists
     SCREEN_FIELDS = ("low_val", "low_idx", "top_com", "low_com")
+    # with ``follow=B``: per draw, each row's B + 1 best mixed units of the other model (their
+    # unit index in it: the layer's first unit plus the mixing row), correlation, co-moment with
+    # the row and sum of squares, all over the screening tokens
+    FOLLOW_FIELDS = ("mix_val", "mix_idx", "mix_com", "mix_m2")
 
     def __init__(
-        self, n_rows: int, top_k: int, n_draws: int, device: torch.device, screen: int = 0
+        self,
+        n_rows: int,
+        top_k: int,
+        n_draws: int,
+        device: torch.device,
+        screen: int = 0,
+        follow: int = 0,
     ) -> None:
         f64 = dict(dtype=torch.float64, device=device)
         i64 = dict(dtype=torch.int64, device=device)
@@ -34,6 +45,13 @@ class Summary:
         self.top_val = torch.full((n_rows, top_k), -torch.inf, **f64)  # type: ignore[arg-type]
         self.top_idx = torch.full((n_rows, top_k), -1, **i64)  # type: ignore[arg-type]
         self.base = torch.full((n_draws, n_rows), torch.nan, **f64)  # type: ignore[arg-type]
+        self.follow = follow
+        if follow:
+            shape = (n_draws, n_rows, follow + 1)
+            self.mix_val = torch.full(shape, -torch.inf, **f64)  # type: ignore[arg-type]
+            self.mix_idx = torch.full(shape, -1, **i64)  # type: ignore[arg-type]
+            self.mix_com = torch.full(shape, torch.nan, **f64)  # type: ignore[arg-type]
+            self.mix_m2 = torch.full(shape, torch.nan, **f64)  # type: ignore[arg-type]
 
     def update(
         self, rows: slice, corr: Tensor, col_offset: int, comoment: Tensor | None = None
@@ -75,8 +93,31 @@ class Summary:
     def add_baseline(self, draw: int, rows: slice, best: Tensor) -> None:
         self.base[draw, rows] = torch.fmax(self.base[draw, rows], best)
 
+    def add_mixed_top(
+        self, draw: int, rows: slice, corr: Tensor, first_unit: int, m2_x: Tensor, m2_z: Tensor
+    ) -> None:
+        """Keep each row's ``follow + 1`` best mixed units of one layer and draw: ``corr`` is
+        ``[rows, d]``, mixed unit ``j`` is unit ``first_unit + j`` of the other model, ``m2_x``
+        and ``m2_z`` the rows' and the mixed units' sums of squares (their co-moments are
+        ``corr · sqrt(m2_x m2_z)``, exact to rounding)."""
+        high = corr.nan_to_num(-torch.inf)
+        val, j = high.topk(min(self.follow + 1, high.shape[1]), dim=1)
+        vals = torch.cat([self.mix_val[draw, rows], val], 1)
+        best, order = vals.topk(self.follow + 1, dim=1)
+        for name, new in (
+            ("mix_idx", (j + first_unit).masked_fill(val.isinf(), -1)),
+            ("mix_com", corr.gather(1, j) * (m2_x[:, None] * m2_z[j]).sqrt()),
+            ("mix_m2", m2_z[j]),
+        ):
+            both = torch.cat([getattr(self, name)[draw, rows], new.to(getattr(self, name))], 1)
+            getattr(self, name)[draw, rows] = both.gather(1, order)
+        self.mix_val[draw, rows] = best
+
     def fields(self) -> tuple[str, ...]:
-        return self.FIELDS + (self.SCREEN_FIELDS if self.screen else ())
+        extra = (self.SCREEN_FIELDS if self.screen else ()) + (
+            self.FOLLOW_FIELDS if self.follow else ()
+        )
+        return self.FIELDS + extra
 
     def tensors(self, prefix: str) -> dict[str, Tensor]:
         return {f"{prefix}{f}": getattr(self, f) for f in self.fields()}
