@@ -4,7 +4,8 @@ Correlates seed 0's neurons with the other seeds' twice over the same held-out t
 (every pair of neurons) and screened (``candidates=K``: a screening stage on the first tokens picks
 each neuron's K most and least correlated partners, then only those pairs are streamed, exactly).
 Prints how many units the screened run certified, how far its max-correlations are from the
-exhaustive ones, whether the universal sets agree, the standard errors, and an early-stopped run.
+exhaustive ones, whether the universal sets agree, the standard errors, a run that follows the
+baseline over every token (``baseline_candidates``) and an early-stopped run.
 
     python examples/screened_correlation.py                 # the tiny family (a minute on a CPU)
     python examples/screened_correlation.py --family demo   # the demo family
@@ -53,6 +54,18 @@ def main() -> None:
     print(f"median standard error of max_corr: {float(screened.max_corr_se.nanmedian()):.4f}")
     print(screened.to_dataframe()[["layer", "neuron", "max_corr", "max_corr_se", "certified"]]
           .head(8).to_string(index=False))  # fmt: skip
+
+    # the baseline followed over every token: the exhaustive run's universal set
+    followed = correlate(
+        ref, others, tokens, candidates=args.candidates, baseline_candidates=8, **kw
+    )
+    same = bool((followed.is_universal() == exhaustive.is_universal()).all())
+    base = (followed.baseline_max - exhaustive.baseline_max).abs().nanmean()
+    print(
+        f"followed baseline: universal sets agree: {same}; mean |diff| of the baseline"
+        f" {float(base):.1e} (screening baseline:"
+        f" {float((screened.baseline_max - exhaustive.baseline_max).abs().nanmean()):.1e})"
+    )
 
     stopped = correlate(ref, others, tokens, candidates=args.candidates, tol=args.tol, **kw)
     print(

@@ -174,6 +174,7 @@ def cmd_correlate(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens, device=args.device, memory_budget=budget,
         checkpoint_dir=args.checkpoint_dir, progress=not args.quiet, parallel=args.parallel,
         candidates=args.candidates, screen_tokens=args.screen_tokens, tol=args.tol,
+        baseline_candidates=args.baseline_candidates,
     )  # fmt: skip
     if shard.rank != 0:
         return 0  # every rank holds the same result
@@ -183,6 +184,9 @@ def cmd_correlate(args: argparse.Namespace) -> int:
             f"screened: {result.n_certified} of {int((~result.dead).sum())} live units certified,"
             f" {result.n_tokens} tokens{stopped}"
         )
+        if result.baseline_certified is not None:
+            share = result.summary()["baseline_certified_share"]
+            print(f"followed baseline: certified for {share:.1%} of live units")
     prints = result.config["model_weights"]  # as correlate hashed them; joins check the first
     out = _out(args) / report.CORRELATION_DIR
     result.save(out)

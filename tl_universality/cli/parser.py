@@ -172,6 +172,13 @@ def _correlate(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--screen-tokens", type=int, default=None, help="tokens of the screening stage")
     p.add_argument(
+        "--baseline-candidates",
+        type=int,
+        default=None,
+        help="with --candidates: follow each unit's this many best mixed units of the baseline"
+        " through every token (the baseline is then exact over the stream where certified)",
+    )
+    p.add_argument(
         "--tol",
         type=float,
         default=None,
