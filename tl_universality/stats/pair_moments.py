@@ -26,6 +26,7 @@ between tokens of one sequence is accounted for; sequences are taken as independ
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 
@@ -345,6 +346,28 @@ class PairMoments:
         se = (lam / self.n).sqrt()
         return se.masked_fill_(self.corr().isnan(), torch.nan)
 
+    def certify(
+        self,
+        value: Float[Tensor, " a"],
+        rival: Float[Tensor, " a"],
+        se: Float[Tensor, "a m"],
+        n_screen: int,
+        sigmas: float,
+    ) -> Bool[Tensor, " a"]:
+        """Whether each row's ``value`` (exact over all tokens) beats ``rival``, a value over the
+        first ``n_screen`` tokens only, by ``sigmas`` standard deviations of the rival's error.
+
+        That error has variance ``σ²(1/n_screen - 1/n)``; ``σ/√n`` is taken as the row's largest
+        standard error in ``se`` (NaN ones ignored; a row without any is not certified). When no
+        token came after the screen every live value is exact, hence certified.
+        """
+        live = ~value.isnan()
+        if self.blocked_tokens == 0:
+            return live
+        spread = se.nan_to_num(-1.0).amax(1)
+        margin = spread * math.sqrt(max(0.0, self.n / max(1, n_screen) - 1.0))
+        return live & ((value - rival) > sigmas * margin) & (spread >= 0)
+
     # -- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -525,7 +548,7 @@ def sequence_chunks(
         part = kept[c : c + per]
         lens = torch.tensor([v for _, v in part], device=dev)
         w = max(v for _, v in part)
-        flat = _storage(buffers, c // per, len(part) * units * w, dev, dtype)
+        flat = storage(buffers, c // per, len(part) * units * w, dev, dtype)
         data = flat.view(len(part), units, w)
         if fast:  # x and shift float32: x - shift is rounded once, in one pass
             sub = lambda src, dst: torch.sub(src, narrow, out=dst)  # noqa: E731
@@ -542,7 +565,7 @@ def sequence_chunks(
     return out
 
 
-def _storage(
+def storage(
     buffers: list[Tensor] | None, k: int, numel: int, dev: torch.device, dtype: torch.dtype
 ) -> Tensor:
     """``numel`` elements of ``dtype``: the start of ``buffers[k]`` when it is large enough."""

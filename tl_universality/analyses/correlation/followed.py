@@ -21,7 +21,6 @@ and ``a · B`` pair products.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -30,7 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from tl_universality.stats.baselines import mixing_matrix
-from tl_universality.stats.pair_moments import PairMoments, Sequences
+from tl_universality.stats.pair_moments import PairMoments, Sequences, storage
 
 if TYPE_CHECKING:
     from tl_universality.analyses.correlation.run import CorrelationRun
@@ -43,8 +42,10 @@ class MixedUnits:
         units: Sorted distinct unit indices into the model's mix (the mixed unit ``j`` of the
             layer starting at unit ``s`` is unit ``s + j``, as in the screening summaries).
         offsets: The model's layer offsets (``UnitIndex.offsets``).
-        kind, seed, key: Which mixing matrices: layer ``h`` uses :func:`mixing_matrix` with key
-            ``(*key, h, draw)``, as the exhaustive baseline does.
+        kind, seed, model, draw: Which mixing matrices: layer ``h`` uses :func:`mixing_matrix`
+            of ``kind`` and ``seed`` with key ``(model, h, draw)``, as the exhaustive baseline
+            does.
+        device: Where the mixing rows live.
 
     Examples:
         >>> from tl_universality.stats.pair_moments import sequence_chunks
@@ -108,13 +109,8 @@ class MixedUnits:
         dt = data.dtype
         if dt not in self._cast:
             self._cast[dt] = [rows.to(dt) for *_, rows in self.layers]
-        while len(self._buffers) <= slot:
-            self._buffers.append(torch.empty(0, dtype=dt, device=data.device))
-        need = s * self.n_units * w
-        have = self._buffers[slot]
-        if have.numel() < need or have.dtype != dt or have.device != data.device:
-            self._buffers[slot] = have = torch.empty(need, dtype=dt, device=data.device)
-        out = have[:need].view(s, self.n_units, w)
+        flat = storage(self._buffers, slot, s * self.n_units * w, data.device, dt)
+        out = flat.view(s, self.n_units, w)
         for (p0, p1, lo, hi, _), rows in zip(self.layers, self._cast[dt], strict=True):
             torch.bmm(rows.expand(s, -1, -1), data[:, lo:hi, :], out=out[:, p0:p1, :])
         return Sequences(out, chunk.lengths)
@@ -243,12 +239,7 @@ class FollowedBaseline:
             corr, se = pm.corr().cpu(), pm.standard_error().cpu()
             best = corr.nan_to_num(-torch.inf).amax(1)
             best = best.masked_fill(best.isinf(), torch.nan)
-            if pm.blocked_tokens == 0:  # the screen was the whole stream
-                ok = ~best.isnan()
-            else:
-                spread = se.nan_to_num(-1.0).amax(1)
-                margin = spread * math.sqrt(max(0.0, pm.n / max(1, self.n1) - 1.0))
-                ok = ((best - self.rival[(*key, d)]) > sigmas * margin) & (spread >= 0)
+            ok = pm.certify(best, self.rival[(*key, d)], se, self.n1, sigmas)
             values.append(best)
             certified = ok if certified is None else certified & ok
             d += 1

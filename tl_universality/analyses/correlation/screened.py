@@ -305,10 +305,9 @@ class Screened:
         every token with ``baseline_candidates`` (certified by :meth:`FollowedBaseline.draws`),
         else the screening tokens' (None: no certificate); the ``"gaussian_noise"`` baseline is
         exact from the token count."""
-        pm = self.pairs[key]
         if self.followed is not None:
             return self.followed.draws(key, sigmas)
-        base = self.base[key]
+        pm, base = self.pairs[key], self.base[key]
         if self.baseline == "gaussian_noise" and base.shape[0]:
             r, c = key
             base = noise_max_corr(
@@ -341,17 +340,11 @@ class Screened:
             undefined = out[v].isinf()
             out[v] = out[v].masked_fill(undefined, torch.nan)
             out[idx] = out[idx].masked_fill(undefined, -1)
-        live = ~out["max_corr"].isnan()
-        if pm.blocked_tokens == 0:  # the screen was the whole stream: every value is exact
-            out["certified"] = live
-        else:
-            # The rival's error: its stage-1 value against its value over all n tokens, whose
-            # difference has variance σ²(1/n₁ - 1/n); σ²/n from the largest standard error
-            # among the unit's K positive candidates (lower correlations have larger errors).
-            spread = se[:, : self.k].nan_to_num(-1.0).amax(1)
-            rival_se = spread * math.sqrt(max(0.0, pm.n / max(1, self.n1) - 1.0))
-            ok = (out["max_corr"] - self.rival[key]) > sigmas * rival_se
-            out["certified"] = live & ok & (spread >= 0)
+        # σ/√n from the largest standard error among the unit's K positive candidates (lower
+        # correlations have larger errors)
+        out["certified"] = pm.certify(
+            out["max_corr"], self.rival[key], se[:, : self.k], self.n1, sigmas
+        )
         out["dead_x"], out["dead_y"] = pm.dead_x().cpu(), pm.dead_y().cpu()
         return out
 
