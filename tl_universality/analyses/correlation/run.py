@@ -427,12 +427,19 @@ class CorrelationRun:
         ``gather(t)`` returns every rank's ``t`` (in rank order) and ``broadcast(t, src)`` rank
         ``src``'s; every rank calls this, with the same plan, and ends with the same reductions.
         Maxima, minima and top-k keep the lower column on ties, baselines the larger draw, dead
-        flags any rank's; each kept matrix block comes from the rank that holds its tile.
+        flags any rank's, a unit's mean and m2 the rank's with the larger m2; each kept matrix
+        block comes from the rank that holds its tile.
         """
         for s in self.summaries.values():
             s.merge({f: gather(getattr(s, f)) for f in s.FIELDS})
         for m, dead in enumerate(self.dead):
             self.dead[m] = torch.stack(gather(dead.to(torch.uint8))).amax(0).bool()
+            # a unit's moments from a rank whose tiles hold it (the largest m2; the first on
+            # ties), so every rank has the same means (the shift of a later pass over the pairs)
+            m2s = torch.stack(gather(self.m2s[m]))
+            pick = m2s.argmax(0, keepdim=True)
+            self.m2s[m] = m2s.gather(0, pick)[0]
+            self.means[m] = torch.stack(gather(self.means[m])).gather(0, pick)[0]
         self.n_tokens = max(int(n) for n in gather(torch.tensor([self.n_tokens])))
         for t, tile in enumerate(self.plan.tiles if self.matrices is not None else ()):
             a_seg, b_segs = self._segments(tile)
