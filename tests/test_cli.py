@@ -168,6 +168,18 @@ def test_screened_correlate_prints_certified_units(tmp_path, capsys, tiny_family
     assert "followed baseline: certified for" in printed
 
 
+def test_exhaustive_correlate_with_standard_errors(tmp_path, capsys, tiny_family):
+    argv = ["correlate", "--family", "tiny", "--out", str(tmp_path), "--quiet", "--max-tokens",
+            "2000", "--standard-errors"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    result = CorrelationResult.load(tmp_path / report.CORRELATION_DIR)
+    assert result.certified is None and result.config["standard_errors"] is True
+    se = result.max_corr_se[~result.max_corr.isnan()]
+    assert se.numel() and bool((se > 0).all())
+    assert f"median {float(se.median()):.2g}" in printed
+
+
 def test_missing_input_folders_are_errors(capsys, tmp_path, tiny_family):
     missing = tmp_path / "runs" / "nope"
     assert main(["stats", "--family", "tiny", "--correlation", str(missing), "--out",

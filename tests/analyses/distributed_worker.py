@@ -38,6 +38,11 @@ CASES = {
         baseline="gaussian_mix",
         memory_budget="1.4MB",
     ),  # fmt: skip
+    # the error pass: data-parallel (same shards as the exhaustive run), and after tiles
+    "errors": dict(product_dtype="float64", standard_errors=True),
+    "tiles_errors": dict(
+        product_dtype="float64", parallel="tiles", memory_budget="600KB", standard_errors=True
+    ),
 }
 N_SEQ, SEQ, BATCH = 26, 16, 4  # 7 batches, the last one short: rank 0 reads one more
 GROW_FROM = 12 * SEQ  # the checkpointed run first reads 12 sequences, then grows to all

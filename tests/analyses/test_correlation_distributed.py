@@ -83,6 +83,12 @@ def assert_close(got: CorrelationResult, want: CorrelationResult, tol: float) ->
         assert torch.equal(g.isnan(), w.isnan()), name
         diff = (g - w).nan_to_num(0).abs().max().item()
         assert diff <= tol, f"{name}: max |diff| {diff:.2e} > {tol:g}"
+    for name in ("max_corr_se", "min_corr_se"):  # with standard_errors
+        g, w = getattr(got, name), getattr(want, name)
+        assert (g is None) == (w is None), name
+        if w is not None:
+            assert torch.equal(g.isnan(), w.isnan()) and bool((~w.isnan()).any()), name
+            assert (g - w).nan_to_num(0).abs().max().item() <= tol, name
     assert torch.equal(got.dead, want.dead)
     assert all(torch.equal(g, w) for g, w in zip(got.other_dead, want.other_dead, strict=True))
     # the best match is the same wherever it is not a (numerical) tie

@@ -174,7 +174,7 @@ def cmd_correlate(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens, device=args.device, memory_budget=budget,
         checkpoint_dir=args.checkpoint_dir, progress=not args.quiet, parallel=args.parallel,
         candidates=args.candidates, screen_tokens=args.screen_tokens, tol=args.tol,
-        baseline_candidates=args.baseline_candidates,
+        baseline_candidates=args.baseline_candidates, standard_errors=args.standard_errors,
     )  # fmt: skip
     if shard.rank != 0:
         return 0  # every rank holds the same result
@@ -187,6 +187,12 @@ def cmd_correlate(args: argparse.Namespace) -> int:
         if result.baseline_certified is not None:
             share = result.summary()["baseline_certified_share"]
             print(f"followed baseline: certified for {share:.1%} of live units")
+    if result.max_corr_se is not None:
+        se = result.max_corr_se[~result.max_corr.isnan()]
+        print(
+            f"standard errors of max_corr: median {float(se.nanmedian()):.2g},"
+            f" largest {float(se.nan_to_num(0).max()):.2g}"
+        )
     prints = result.config["model_weights"]  # as correlate hashed them; joins check the first
     out = _out(args) / report.CORRELATION_DIR
     result.save(out)

@@ -179,6 +179,12 @@ def _correlate(p: argparse.ArgumentParser) -> None:
         " through every token (the baseline is then exact over the stream where certified)",
     )
     p.add_argument(
+        "--standard-errors",
+        action="store_true",
+        help="exhaustive mode: read the tokens once more for batch-means standard errors of"
+        " every unit's best match (screened runs always have them)",
+    )
+    p.add_argument(
         "--tol",
         type=float,
         default=None,

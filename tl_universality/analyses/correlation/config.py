@@ -53,6 +53,8 @@ class CorrelationConfig:
     max_tokens: int | None = None
     checkpoint_every: int = 10_000_000
     parallel: str = "tokens"
+    # exhaustive runs: one more pass for batch-means standard errors (errors.py)
+    standard_errors: bool = False
     # screened exact mode (docs/concepts.md, "Screened exact correlation")
     candidates: int | None = None
     screen_tokens: int | None = None
@@ -64,6 +66,7 @@ class CorrelationConfig:
         check_kind(self.baseline)
         set_ = object.__setattr__
         set_(self, "all_pairs", bool(self.all_pairs))
+        set_(self, "standard_errors", bool(self.standard_errors))
         set_(self, "n_draws", check_int("n_draws", self.n_draws, minimum=1 if self.baseline else 0))
         set_(self, "seed", check_int("seed", self.seed))
         set_(self, "top_k", check_int("top_k", self.top_k, minimum=1))

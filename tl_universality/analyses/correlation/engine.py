@@ -109,6 +109,7 @@ def correlate(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 10_000_000,
     parallel: str = "tokens",
+    standard_errors: bool = False,
     candidates: int | None = None,
     screen_tokens: int | None = None,
     certificate_sigmas: float = 4.0,
@@ -159,6 +160,11 @@ def correlate(
         parallel: How the ranks of a ``torch.distributed`` run split it: ``"tokens"`` (each
             reads a shard of the batches; default) or ``"tiles"`` (each reads every batch and
             holds its own tiles, for memory). One process ignores it (docs/scaling.md).
+        standard_errors: Exhaustive runs: after the run, read the tokens once more to follow
+            each unit's argmax and argmin pair, and give ``max_corr_se`` and ``min_corr_se``
+            (batch-means standard errors over sequences, as in the screened mode), so
+            ``result.converged(tol)`` applies (docs/concepts.md, "Standard errors of an
+            exhaustive run"). Screened runs always have them.
         candidates: Screened exact mode (docs/concepts.md, "Screened exact correlation"): the
             exhaustive statistics run on the first ``screen_tokens`` only and keep, per unit and
             other model, the ``candidates`` most correlated and most anti-correlated units;
@@ -206,6 +212,7 @@ def correlate(
         keep_matrix=keep_matrix, memory_budget=memory_budget, batch_size=batch_size,
         product_dtype=product_dtype, exclude_token_ids=exclude_token_ids, seq_len=seq_len,
         max_tokens=max_tokens, checkpoint_every=checkpoint_every, parallel=parallel,
+        standard_errors=standard_errors,
         candidates=candidates, screen_tokens=screen_tokens, certificate_sigmas=certificate_sigmas,
         tol=tol, baseline_candidates=baseline_candidates,
     )  # fmt: skip
@@ -231,6 +238,10 @@ def correlate(
         return correlate_screened(setup, cfg)
     done = run_exhaustive(setup, cfg)
     results = done.run.results(labels, done.config)
+    if cfg.standard_errors:
+        from tl_universality.analyses.correlation.errors import add_standard_errors
+
+        results = add_standard_errors(setup, cfg, done, results)
     return results if cfg.all_pairs else results[0]
 
 
@@ -474,8 +485,9 @@ def _settings(config: CorrelationConfig | None, given: CorrelationConfig) -> Cor
 def _fingerprint(cfg, models, weights, indices, source, plan) -> dict[str, Any]:
     """Everything the statistics depend on but the token contents (checked batch by batch)."""
     settings = cfg.to_dict()
-    # growing and checkpoint spacing are allowed; the mode is the manifest's (one process: moot)
-    for free in ("max_tokens", "checkpoint_every", "parallel"):
+    # growing and checkpoint spacing are allowed; the mode is the manifest's (one process: moot);
+    # standard errors come from a later pass with its own checkpoint
+    for free in ("max_tokens", "checkpoint_every", "parallel", "standard_errors"):
         settings.pop(free)
     out = {
         **settings,

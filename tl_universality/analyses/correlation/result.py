@@ -43,8 +43,9 @@ class CorrelationResult(Result):
         other_dead: Dead units of each other model.
         baseline: The baseline kind (or None); ``config`` the run's other settings.
         matrices: With ``keep_matrix``, the full ``[units, other units]`` correlation per model.
-        max_corr_se: Screened runs (``candidates=K``): ``[models, units]`` batch-means standard
-            error of ``max_corr`` (and ``min_corr_se`` of ``min_corr``); None otherwise.
+        max_corr_se: Screened runs (``candidates=K``) and exhaustive runs with
+            ``standard_errors=True``: ``[models, units]`` batch-means standard error of
+            ``max_corr`` (and ``min_corr_se`` of ``min_corr``); None otherwise.
         certified: Screened runs: ``[models, units]`` whether the unit's exact max-correlation
             beats the screening value of its best non-candidate by ``certificate_sigmas``
             standard errors (so no unit outside the candidates can hold the maximum).
@@ -134,13 +135,14 @@ class CorrelationResult(Result):
     def converged(self, tol: float) -> bool:
         """Whether every live unit's max-correlation has a standard error below ``tol``.
 
-        Only screened runs (``candidates=K``) carry standard errors (see :func:`correlate`).
+        Screened runs (``candidates=K``) and exhaustive runs with ``standard_errors=True``
+        carry standard errors (see :func:`correlate`).
         """
         if self.max_corr_se is None:
             raise ValueError(
-                "This result has no standard errors (an exhaustive run). Fix: run"
-                " correlate(..., candidates=K), which streams exact statistics of the candidate"
-                " pairs with batch-means standard errors."
+                "This result has no standard errors (an exhaustive run without them). Fix: run"
+                " correlate(..., standard_errors=True), which reads the tokens once more to"
+                " follow each unit's best pair, or correlate(..., candidates=K)."
             )
         live = ~self.max_corr.isnan()
         se = self.max_corr_se[live]
@@ -194,9 +196,10 @@ class CorrelationResult(Result):
                 m, self.argmin[m]
             )
             df[f"baseline_{label}"] = self.baseline_max[m].numpy()
-        if self.max_corr_se is not None and self.certified is not None:
+        if self.max_corr_se is not None:
             with np.errstate(all="ignore"):
                 df["max_corr_se"] = _nan_reduce(self.max_corr_se, "max")
+        if self.certified is not None:
             df["certified"] = self.certified.all(0).numpy()
         return df
 

@@ -130,9 +130,9 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
     pairs_dir = mine / "pairs" if mine is not None else None
     settings = cfg.to_dict()
     settings.pop("checkpoint_every")  # checkpoint spacing may change between runs
-    fingerprint = {"settings": settings, "screen_sequences": n1_seq, **_models_print(setup)}
+    fingerprint = {"settings": settings, "screen_sequences": n1_seq, **models_print(setup)}
 
-    loaded = _load(pairs_dir)
+    loaded = load_pairs(pairs_dir)
     if loaded is not None:
         state, meta = loaded
         check_fingerprint(pairs_dir, meta["fingerprint"], fingerprint)
@@ -144,7 +144,7 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
     else:
         stage1 = dataclasses.replace(setup, folder=None if folder is None else folder / "screen")
         done = run_exhaustive(stage1, cfg1, screen=k, follow=follow)
-        product = _product(cfg.product_dtype)
+        product = pair_product(cfg.product_dtype)
         screen = Screened.from_stage1(done.run, k, shard.rank, setup.device, product)
         if follow:
             screen.followed = FollowedBaseline.from_stage1(
@@ -161,10 +161,11 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
             "complete": False,
             "stopped_early": False,
         }
-    return _stage2(setup, cfg, screen, meta, Remainder(whole, n1_seq), pairs_dir)
+    stream_pairs(setup, cfg, screen, meta, Remainder(whole, n1_seq), pairs_dir)
+    return _results(setup, cfg, screen, meta)
 
 
-def _product(product_dtype: str | None) -> torch.dtype:
+def pair_product(product_dtype: str | None) -> torch.dtype:
     """dtype of the stage-2 pair products for the ``product_dtype`` setting: float64 when asked
     for, float32 otherwise (TF32 and bfloat16 speed up the exhaustive GEMMs only)."""
     return torch.float64 if product_dtype == "float64" else torch.float32
@@ -174,7 +175,7 @@ def _offsets(setup: Setup) -> list[tuple[int, ...]]:
     return [i.offsets for i in setup.indices]
 
 
-def _models_print(setup: Setup) -> dict[str, Any]:
+def models_print(setup: Setup) -> dict[str, Any]:
     """What the statistics depend on besides the settings and the token contents."""
     out = {
         "models": [
@@ -259,7 +260,7 @@ class Screened:
     ) -> Screened:
         out = cls(int(meta["n1"]), int(meta["k"]))
         out.baseline, out.seed = meta["config"]["baseline"], int(meta["config"]["seed"])
-        out.product = _product(meta["config"]["product_dtype"])
+        out.product = pair_product(meta["config"]["product_dtype"])
         for key in meta["directions"]:
             r, c = int(key[0]), int(key[1])
             p = f"pairs.{r}.{c}."
@@ -352,7 +353,19 @@ class Screened:
 # -- stage 2 --------------------------------------------------------------------------------------
 
 
-def _stage2(setup, cfg, screen: Screened, meta, rest: TokenSource, pairs_dir):
+def stream_pairs(
+    setup: Setup,
+    cfg: CorrelationConfig,
+    screen: Screened,
+    meta: dict[str, Any],
+    rest: TokenSource,
+    pairs_dir: Path | None,
+    what: str | None = None,
+) -> None:
+    """Stream ``rest`` into the pair statistics of ``screen`` (in place), with checkpoints in
+    ``pairs_dir`` (resumed from ``meta``), sharded under ``torch.distributed`` and merged at the
+    end; ``cfg.tol`` may stop it early. ``what`` is the line printed before (default: the
+    screened mode's)."""
     shard = current_shard()
     if shard.distributed:
         rest = ShardedSource(rest, cfg.batch_size, shard)
@@ -366,9 +379,9 @@ def _stage2(setup, cfg, screen: Screened, meta, rest: TokenSource, pairs_dir):
     meta["followed"] = screen.followed.meta() if screen.followed is not None else None
 
     def checkpoint(complete: bool = False) -> None:
+        meta.update(digests=digests, sequences=sequences, complete=complete)
         if pairs_dir is None:
             return
-        meta.update(digests=digests, sequences=sequences, complete=complete)
         with save_folder(pairs_dir / "state", PAIRS_FORMAT, PAIRS_VERSION, meta) as out:
             out.write_tensors("state", screen.tensors())
 
@@ -377,7 +390,8 @@ def _stage2(setup, cfg, screen: Screened, meta, rest: TokenSource, pairs_dir):
     if not meta["complete"]:
         if setup.progress:
             print(
-                f"Screened: {len(screen.pairs)} pair(s) of models x {2 * screen.k} candidates,"
+                what
+                or f"Screened: {len(screen.pairs)} pair(s) of models x {2 * screen.k} candidates,"
                 f" {screen.n1} screening tokens; streaming the rest.",
                 file=sys.stderr,
             )
@@ -417,7 +431,6 @@ def _stage2(setup, cfg, screen: Screened, meta, rest: TokenSource, pairs_dir):
             if screen.followed is not None:
                 screen.followed.reduce_across(all_reduce)
         checkpoint(complete=True)
-    return _results(setup, cfg, screen, meta)
 
 
 def _stable(screen: Screened, cfg, previous: dict[str, Any] | None):
@@ -494,7 +507,7 @@ def _results(setup: Setup, cfg, screen: Screened, meta: dict[str, Any]):
     return out if cfg.all_pairs else out[0]
 
 
-def _load(pairs_dir: Path | None):
+def load_pairs(pairs_dir: Path | None):
     if pairs_dir is None:
         return None
     state_dir = pairs_dir / "state"
