@@ -105,6 +105,44 @@ def test_killed_followed_run_resumes_and_round_trips(random_family, random_strea
     assert share == pytest.approx(float(want.baseline_certified.all(0)[live].float().mean()))
 
 
+def test_stage_2_takes_the_mixing_rows_of_stage_1(random_family, random_stream, monkeypatch):
+    """The followed mixed units reuse the screening stage's matrices (a QR of d x d each) instead
+    of making them again (the values are checked against numpy above)."""
+    import tl_universality.analyses.correlation.followed as followed
+    from tl_universality.stats.baselines import mixing_matrix
+
+    made = []
+
+    def counted(*args, **kwargs):
+        made.append(kwargs["key"])
+        return mixing_matrix(*args, **kwargs)
+
+    monkeypatch.setattr(followed, "mixing_matrix", counted)
+    got = screened(random_family, random_stream, baseline_candidates=4, n_draws=1)
+    assert got.baseline_certified is not None and made == []
+    # without the screening stage's matrices (a resumed stage 2) they are made by key
+    followed.MixedUnits(torch.tensor([0, 70]), (0, 64, 128), "rotation", 0, model=1, draw=0)
+    assert made == [(1, 0, 0), (1, 1, 0)]
+
+
+def test_all_pairs_follow_every_direction(random_family, random_stream) -> None:
+    """With all_pairs every model is a reference: each direction's followed baseline (every mixed
+    unit followed) equals the exhaustive all-pairs run's, which is checked against numpy above."""
+    kw = dict(n_draws=1, all_pairs=True, **KW)
+    want = correlate(random_family[0], random_family[1:], random_stream, **kw)
+    got = correlate(
+        random_family[0], random_family[1:], random_stream, baseline_candidates=N_UNITS,
+        **SCREEN, **kw,
+    )  # fmt: skip
+    assert len(got) == len(want) == 3
+    for g, w in zip(got, want, strict=True):
+        assert g.names == w.names
+        assert g.baseline_certified[:, ~g.dead].all()
+        np.testing.assert_allclose(
+            g.baseline_draws.numpy(), w.baseline_draws.numpy(), atol=1e-9, rtol=0
+        )
+
+
 def test_screened_noise_baseline_is_the_exhaustive_one(random_family, random_stream) -> None:
     """The gaussian_noise baseline depends on the token count only: a screened run gives it for
     every token it read, not for the screening tokens."""

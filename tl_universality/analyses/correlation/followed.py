@@ -21,7 +21,7 @@ and ``a · B`` pair products.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -46,6 +46,8 @@ class MixedUnits:
             of ``kind`` and ``seed`` with key ``(model, h, draw)``, as the exhaustive baseline
             does.
         device: Where the mixing rows live.
+        matrices: Those matrices by layer where already made (the screening stage's); the
+            others are made here.
 
     Examples:
         >>> from tl_universality.stats.pair_moments import sequence_chunks
@@ -70,6 +72,7 @@ class MixedUnits:
         model: int,
         draw: int,
         device: torch.device | str | None = None,
+        matrices: Mapping[int, Tensor] | None = None,
     ) -> None:
         self.units = units.to("cpu", torch.int64)
         if self.units.numel() and bool((self.units[1:] <= self.units[:-1]).any()):
@@ -83,8 +86,10 @@ class MixedUnits:
             where = ((self.units >= lo) & (self.units < hi)).nonzero()[:, 0]
             if where.numel() == 0:
                 continue
-            mix = mixing_matrix(kind, hi - lo, seed=seed, key=(model, h, draw))
-            rows = mix[self.units[where] - lo].to(self.device)
+            mix = (matrices or {}).get(h)
+            if mix is None:
+                mix = mixing_matrix(kind, hi - lo, seed=seed, key=(model, h, draw))
+            rows = mix[self.units[where] - lo].to(self.device, torch.float64)
             self.layers.append((int(where[0]), int(where[-1]) + 1, lo, hi, rows))
         self._cast: dict[torch.dtype, list[Tensor]] = {}
         self._buffers: list[Tensor] = []
@@ -149,9 +154,12 @@ class FollowedBaseline:
         for (c, d), parts in wanted.items():
             units = torch.cat(parts).unique()
             units = units if units.numel() else torch.zeros(1, dtype=torch.int64)
+            used = (run.mixing_used or {}).items()
+            made = {h: m for (mc, h, md), m in used if (mc, md) == (c, d)}
             out.mixed[(c, d)] = MixedUnits(
-                units, offsets[c], str(run.baseline), run.seed, model=c, draw=d, device=device
-            )
+                units, offsets[c], str(run.baseline), run.seed, model=c, draw=d, device=device,
+                matrices=made,
+            )  # fmt: skip
         for (r, c), s in run.summaries.items():
             for d in range(s.mix_idx.shape[0]):
                 mixed = out.mixed[(c, d)]
@@ -169,6 +177,8 @@ class FollowedBaseline:
                 )  # fmt: skip
                 rival = s.mix_val[d, :, follow].cpu()
                 out.rival[(r, c, d)] = rival.masked_fill(s.mix_idx[d, :, follow].cpu() < 0, -1.0)
+        if run.mixing_used is not None:
+            run.mixing_used.clear()  # the rows are taken
         return out
 
     def tensors(self) -> dict[str, Tensor]:

@@ -147,6 +147,9 @@ class CorrelationRun:
         # plan's peak (a run without a budget has one pass: nothing to keep).
         self._mix_cache: dict[tuple[int, int, int], tuple[Tensor, int]] = {}  # (matrix, next pass)
         self._mix_room = None if plan.budget is None else max(0, plan.budget - plan.peak_bytes)
+        #: with ``follow``: every mixing matrix used, on the CPU, for stage 2 to take its rows
+        #: from (instead of making them again)
+        self.mixing_used: dict[tuple[int, int, int], Tensor] | None = {} if follow else None
 
     def _mixed_layer_passes(self) -> dict[tuple[int, int], list[int]]:
         """The passes whose reduction mixes each (model, layer), in order."""
@@ -352,6 +355,8 @@ class CorrelationRun:
                 # Keyed by (model, layer, draw): the same matrix whatever the tiling or order.
                 mix = self._mixing(model, hook, draw, width)
                 var_z = self._mixed_var(key, mix, gram)
+                if self.mixing_used is not None:
+                    self.mixing_used[key] = mix.cpu()
                 for (stats, rows, cols, s, e), m2_x in zip(uses, m2, strict=True):
                     summary = self.summaries[(rows.model, model)]
                     for r0, r1, global_rows in self._chunks(rows, cols):
