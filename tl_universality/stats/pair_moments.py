@@ -34,16 +34,13 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from tl_universality.stats.cross_moments.products import TOKEN_CHUNK
+from tl_universality.stats.cross_moments.products import TOKEN_CHUNK, float32_fits
 
 #: Elements (tokens x units) of the copy of one chunk of sequences.
 CHUNK_ELEMENTS = 1 << 25
 #: Tokens of one float32 dot product before it reaches the float64 sums (the exhaustive
 #: engine's rule for its float32 products).
 FLOAT32_RUN = TOKEN_CHUNK
-#: float32 chunks need every unit's Σx'² over the chunk to be 0 or within these bounds: below it
-#: products could sink into float32's subnormal range, above it they could overflow.
-FLOAT32_RANGE = (1e-28, 1e37)
 
 _STATE = ("cols", "shift_x", "shift_y", "scale_x", "scale_y", "pilot")
 _SUMS = ("sx", "sxx", "sy", "syy", "sxy", "psi", "psi_sq", "psi_n")
@@ -450,9 +447,9 @@ class Sequences:
 
 
 def float32_safe(chunks: Sequence[Sequences]) -> bool:
-    """Whether float32 products of these chunks keep their bound: every unit's ``Σx'²`` over a
-    chunk is 0 or inside :data:`FLOAT32_RANGE` (so no product or partial sum overflows, and none
-    that matters sinks into float32's subnormal range). float64 chunks always are.
+    """Whether float32 products of these chunks keep their bound: the exhaustive engine's rule
+    (:func:`~tl_universality.stats.cross_moments.products.float32_fits`) on every unit's ``Σx'²``
+    over each chunk, about the chunk's shift. float64 chunks always are.
 
     Examples:
         >>> x = torch.ones(4, 2) * torch.tensor([1.0, 1e-20])
@@ -463,14 +460,10 @@ def float32_safe(chunks: Sequence[Sequences]) -> bool:
         >>> float32_safe(sequence_chunks(x, None, shift, dtype=torch.float32))
         False
     """
-    lo, hi = FLOAT32_RANGE
-    for c in chunks:
-        if c.data.dtype == torch.float64:
-            continue
-        q = c.squares.sum(0)
-        if not bool(((q == 0) | ((q >= lo) & (q <= hi))).all()):
-            return False
-    return True
+    return all(
+        c.data.dtype == torch.float64 or float32_fits(c.squares.sum(0), int(c.lengths.sum()))
+        for c in chunks
+    )
 
 
 def centred_chunks(

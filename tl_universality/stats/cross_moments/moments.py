@@ -19,9 +19,9 @@ from tl_universality.stats.cross_moments.products import (
     add_sparse_rows,
     as_parts,
     big_entries,
+    float32_fits,
     matmul_precision,
     mm,
-    product_is_safe,
     resolve_product_dtype,
 )
 
@@ -134,9 +134,7 @@ class CrossMoments:
         dx, ax, ex, tx = self._a.centre(xs, first, xc, self.device)
         dy, ay, ey, ty = self._b.centre(ys, first, yc, self.device)
         product = self.product_dtype
-        if product != torch.float64 and not (
-            product_is_safe(ax, ay, rows) and product_is_safe(ay, ax, rows)
-        ):
+        if product != torch.float64 and not (float32_fits(ex, rows) and float32_fits(ey, rows)):
             # Values this large (or spreads this small) would overflow (or underflow) a float32
             # product: this batch is multiplied in float64 instead, never emitted as NaN.
             product = torch.float64

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 Block = tuple[int, int]
@@ -26,6 +27,11 @@ _CENTRE_BLOCK_CUDA = 1 << 24
 PRODUCT_CHUNK = 1 << 26
 # Tokens per float32 product before it is added to the float64 accumulator (see _add_product).
 TOKEN_CHUNK = 512
+#: Largest sum of squares of a unit whose float32 products are safe (:func:`float32_fits`).
+FLOAT32_CEILING = 1e37
+#: Smallest sum of squares per token of a unit whose float32 products are safe: 1e7 times
+#: float32's smallest normal number (:func:`float32_fits`).
+FLOAT32_FLOOR = 1e7 * torch.finfo(torch.float32).tiny
 
 
 def resolve_product_dtype(
@@ -344,16 +350,30 @@ def add_sparse_rows(
             out.index_add_(0, units[k0:k1], part)
 
 
-def product_is_safe(absmax: Tensor, other: Tensor, rows: int) -> bool:
-    """Whether a float32 product of batch-centred values can neither overflow nor lose terms to
-    underflow: every ``|x − m| · |y − m| · rows`` below 1e36, and no unit whose spread is nonzero
-    but below 1e-15 (its products would sink into float32's subnormal range)."""
-    hi = float(absmax.max()) if absmax.numel() else 0.0
-    hi_other = float(other.max()) if other.numel() else 0.0
-    if hi * max(hi, hi_other) * max(rows, 1) >= 1e36:
-        return False
-    tiny = (absmax > 0) & (absmax < 1e-15)
-    return not bool(tiny.any())
+def float32_fits(energy: Float[Tensor, " u"], rows: int) -> bool:
+    """Whether float32 products of units with these sums of squares about their centres keep
+    their bound: every ``Σ(x − c)²`` (float64, over the ``rows`` tokens of a batch or chunk) is 0
+    or within ``[rows · FLOAT32_FLOOR, FLOAT32_CEILING]``. The one rule of every float32 product
+    of unit pairs (the exhaustive update's and the screened pairs'); the caller multiplies in
+    float64 where it fails.
+
+    Why it suffices. By Cauchy–Schwarz every product, and every partial sum of ``Σ x'y'`` (or of
+    ``Σ x'²``), is at most ``√(Σx'² · Σy'²)``, so the ceiling, ten times below float32's largest
+    number, rules out overflow. A product that sinks below float32's smallest normal number
+    (1.18e-38) loses at most that much, even on hardware that flushes subnormals to zero, so a
+    pair's sum over ``rows`` tokens loses at most ``rows · 1.18e-38``; the floor keeps that loss
+    below 1e-7 of ``√(Σx'² · Σy'²)``, which is at most twice the correlation's denominator
+    (a unit centred on exactly 0 is silent on at least half the rows).
+
+    Examples:
+        >>> ok = torch.tensor([0.0, 1.0, 1e30], dtype=torch.float64)
+        >>> float32_fits(ok, rows=100), float32_fits(ok * 1e10, rows=100)  # overflow
+        (True, False)
+        >>> float32_fits(torch.tensor([1e-29], dtype=torch.float64), rows=100)  # underflow
+        False
+    """
+    lo = max(rows, 1) * FLOAT32_FLOOR
+    return bool(((energy == 0) | ((energy >= lo) & (energy <= FLOAT32_CEILING))).all())
 
 
 def mm(a: Tensor, b: Tensor, product: torch.dtype) -> Tensor:
