@@ -69,7 +69,8 @@ class CrossMoments:
         self.sum_xy = torch.zeros(int(n_a), int(n_b), dtype=torch.float64, device=self.device)
         self._buffer: Tensor | None = None  # the float32 product, reused across batches
         self._centred: tuple[Tensor, Tensor] | None = None
-        #: Batches whose product ran in float64 because float32 would overflow or underflow.
+        #: Batches whose product ran in float64 because float32 would overflow or underflow, or
+        #: because units on both sides take few values.
         self.fallback_batches = 0
         #: Batches in which spiky units' rows and columns were multiplied in float64.
         self.split_batches = 0
@@ -131,12 +132,15 @@ class CrossMoments:
             return self
         first = self.n == 0
         xc, yc = self._scratch(rows)
-        dx, ax, ex, tx = self._a.centre(xs, first, xc, self.device)
-        dy, ay, ey, ty = self._b.centre(ys, first, yc, self.device)
+        dx, ax, ex, tx, fx = self._a.centre(xs, first, xc, self.device)
+        dy, ay, ey, ty, fy = self._b.centre(ys, first, yc, self.device)
         product = self.product_dtype
-        if product != torch.float64 and not (float32_fits(ex, rows) and float32_fits(ey, rows)):
+        if product != torch.float64 and (
+            not (float32_fits(ex, rows) and float32_fits(ey, rows)) or bool(fx.any() and fy.any())
+        ):
             # Values this large (or spreads this small) would overflow (or underflow) a float32
-            # product: this batch is multiplied in float64 instead, never emitted as NaN.
+            # product, or units on both sides take few values (their float32 sums would drift
+            # past the bound): this batch is multiplied in float64 instead, never emitted as NaN.
             product = torch.float64
             self.fallback_batches += 1
             xc = torch.empty(rows, self.n_a, dtype=torch.float64, device=self.device)

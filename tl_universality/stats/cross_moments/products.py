@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 Block = tuple[int, int]
@@ -32,8 +32,13 @@ FLOAT32_CEILING = 1e37
 #: Smallest sum of squares per token of a unit whose float32 products are safe: 1e8 times
 #: float32's smallest normal number (:func:`float32_fits`).
 FLOAT32_FLOOR = 1e8 * torch.finfo(torch.float32).tiny
-#: A unit that is exactly 0 on at least ``1 / ZERO_CENTRE`` of a batch is centred on 0.
+#: A unit that is exactly 0 on at least ``1 / ZERO_CENTRE`` of a batch's sample tokens
+#: (:func:`atoms`) is centred on 0.
 ZERO_CENTRE = 8
+#: A unit "takes few values" when one value other than 0 holds at least ``1 / FEW_VALUED`` of
+#: ``FEW_VALUED_SAMPLE`` evenly spaced tokens of its batch (:func:`atoms`).
+FEW_VALUED = 4
+FEW_VALUED_SAMPLE = 128
 
 
 def resolve_product_dtype(
@@ -182,15 +187,15 @@ class Side:
 
     def centre(
         self, parts: list[Tensor], first: bool, out: Tensor, device: torch.device
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Add the batch to the float64 sums and write it, centred on a per-batch centre ``c``,
         into ``out``.
 
         The sums hold ``Σ(x − shift)`` and ``Σ(x − shift)²`` (float64). The product sees
         ``x − c``, with ``c`` the batch's own float64 mean, or exactly 0 for units silent on at
-        least an eighth of the batch, so its rounding is relative to the batch's spread whatever the
-        unit's long-run mean, and silent tokens are exact zeros; the caller adds the exact
-        rank-one terms of ``Σ(x − shift)(y − shift')ᵀ`` in float64 (see
+        least an eighth of its sample tokens (:func:`atoms`), so its rounding is relative to the
+        batch's spread whatever the unit's long-run mean, and silent tokens are exact zeros; the
+        caller adds the exact rank-one terms of ``Σ(x − shift)(y − shift')ᵀ`` in float64 (see
         :meth:`CrossMoments.update`). ``x − c`` is rounded to the product dtype once, from
         float64, and depends on the batch alone, not on the shift (which follows the stream
         read so far): processes that split a stream round each batch exactly as one process
@@ -198,13 +203,15 @@ class Side:
         than the arithmetic on a CPU.
 
         Returns:
-            ``(c − shift, max |x − c|, Σ(x − c)², Σ(x − shift))`` per unit, all float64.
+            ``(c − shift, max |x − c|, Σ(x − c)², Σ(x − shift))`` per unit, all float64, and
+            per unit whether it takes few values (see :data:`FEW_VALUED`).
         """
         n = out.shape[0]
         self._check_parts(parts, n)
         block = _CENTRE_BLOCK_CUDA if device.type == "cuda" else CENTRE_BLOCK_CPU
         delta = torch.zeros_like(self.shift)
         absmax = torch.zeros_like(self.shift)
+        few = torch.zeros(self.shift.shape, dtype=torch.bool, device=self.shift.device)
         energy = torch.zeros_like(self.shift)  # Σ(x − c)² of this batch
         batch_sum = torch.zeros_like(self.shift)  # Σ(x − shift) of this batch
         col = 0
@@ -228,13 +235,13 @@ class Side:
             if first:  # the first batch's mean (exactly c for a constant unit)
                 shift.copy_(mean)
             # The centre c: the batch mean, or exactly 0 for a unit that is 0 on at least an
-            # eighth of the batch (ReLU-like or sparse units): its silent tokens then enter the
-            # product as exact zeros, instead of as one value −m repeated on many tokens, which a
-            # float32 sum rounds the same way at every step (ReLU twins silent on 40% of 32,768
-            # tokens reached 1.2e-6 so) or, for sparse units, drops next to the active ones.
-            ones = torch.ones(n, dtype=torch.float32, device=device)
-            zeros = torch.mv(part.eq(0).to(device, torch.float32).T, ones)  # a GEMV: fast
-            centre = torch.where(zeros * ZERO_CENTRE >= n, 0.0, mean)
+            # eighth of the batch's sample tokens (ReLU-like or sparse units): its silent tokens
+            # then enter the product as exact zeros, instead of as one value −m repeated on many
+            # tokens, which a float32 sum rounds the same way at every step (ReLU twins silent on
+            # 40% of 32,768 tokens reached 1.2e-6 so) or, for sparse units, drops next to the
+            # active ones.
+            on_zero, few[sl] = atoms(part)
+            centre = torch.where(on_zero, 0.0, mean)
             total, squares = torch.zeros_like(shift), torch.zeros_like(shift)  # of x − c
             for r0 in range(0, n, rows):
                 r1 = min(n, r0 + rows)
@@ -253,7 +260,7 @@ class Side:
             self.sum[sl] += batch_sum[sl]
             self.sumsq[sl] += squares + 2 * d * total + n * d * d
             delta[sl] = d
-        return delta, absmax, energy, batch_sum
+        return delta, absmax, energy, batch_sum, few
 
     def write_centred(
         self, parts: list[Tensor], delta: Tensor, out: Tensor, units: Tensor | None = None
@@ -353,6 +360,37 @@ def add_sparse_rows(
             out.index_add_(0, units[k0:k1], part)
 
 
+def atoms(part: Float[Tensor, "n u"]) -> tuple[Bool[Tensor, " u"], Bool[Tensor, " u"]]:
+    """Per unit, from ``FEW_VALUED_SAMPLE`` evenly spaced tokens of the batch, sorted: whether it
+    is silent (exactly 0) on at least ``1 / ZERO_CENTRE`` of them, and whether a value other than
+    0 holds at least ``1 / FEW_VALUED`` of them (it *takes few values*: ±1 features, clipped
+    units, units resting on one value).
+
+    The first decides the unit's centre (0 or its mean, see :meth:`Side.centre`). The second
+    marks units whose float32 products with another such unit repeat a few terms, so that a
+    float32 sum rounds the same way at every step instead of at random (±1 twins drifted to 2e-6
+    over batches of 32,768 tokens, continuous units stay near 1e-7); :meth:`CrossMoments.update`
+    multiplies such batches in float64. A zero atom needs no mark: a unit silent on a quarter of
+    the sample is centred on 0, where its silent tokens are exact zeros. Both depend on the batch
+    alone, so every process that reads a batch decides alike.
+
+    Examples:
+        >>> x = torch.stack([torch.arange(8.0), torch.tensor([1.0, -1] * 4), torch.zeros(8)], 1)
+        >>> [t.tolist() for t in atoms(x)]
+        [[True, False, True], [False, True, False]]
+    """
+    n = part.shape[0]
+    take = min(n, FEW_VALUED_SAMPLE)
+    rows = torch.linspace(0, n - 1, take, device=part.device).round().long()
+    sample = part[rows].T.contiguous().sort(1).values  # [units, take]: sorts fastest
+    on_zero = (sample == 0).sum(1) * ZERO_CENTRE >= take
+    if take < 2 * FEW_VALUED:  # too few terms for a float32 sum to drift
+        return on_zero, torch.zeros_like(on_zero)
+    width = take // FEW_VALUED
+    run = (sample[:, width:] == sample[:, :-width]) & (sample[:, :-width] != 0)
+    return on_zero, run.any(1)
+
+
 def float32_fits(energy: Float[Tensor, " u"], rows: int) -> bool:
     """Whether float32 products of units with these sums of squares about their centres keep
     their bound: every ``Σ(x − c)²`` (float64, over the ``rows`` tokens of a batch or chunk) is 0
@@ -365,9 +403,10 @@ def float32_fits(energy: Float[Tensor, " u"], rows: int) -> bool:
     number, rules out overflow. A product that sinks below float32's smallest normal number
     (1.18e-38) loses at most that much, even on hardware that flushes subnormals to zero, so a
     pair's sum over ``rows`` tokens loses at most ``rows · 1.18e-38``; the floor keeps that loss
-    below 1e-8 of ``√(Σx'² · Σy'²)``, which is at most 8 times the correlation's denominator
-    (a unit centred on exactly 0 is silent on at least an eighth of the rows, so its ``Σx'²`` is
-    at most 8 times its sum of squares about its mean).
+    below 1e-8 of ``√(Σx'² · Σy'²)``. That is about 8 times the correlation's denominator at
+    most: a unit centred on exactly 0 is silent on an eighth of its batch's sample tokens (about
+    as many of its rows), and a unit silent on a share ``s`` of the rows has ``Σx'²`` at most
+    ``1/s`` times its sum of squares about its mean.
 
     Examples:
         >>> ok = torch.tensor([0.0, 1.0, 1e30], dtype=torch.float64)
