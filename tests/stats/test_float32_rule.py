@@ -41,6 +41,7 @@ def numpy_corr(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
         (5e-15, True),  # sum of squares per token ~8e-30: above the floor of 1.18e-30
         (8e-16, False),  # ~2.1e-31 per token: below it
         (3e-16, False),
+        (1e-23, False),  # float32 squares of these are exactly 0: the values are not
         (1.0, True),
         (1e18, False),  # 4000 x 1e36 above the ceiling of 1e37
     ],
@@ -84,16 +85,16 @@ def test_few_valued_units_are_multiplied_in_float64(kind: str):
     """Units that take few values are the case float32 products cannot hold to 1e-6: every
     product repeats one of a few values, so a float32 sum rounds the same way at every step
     instead of at random (±1 twins reached 2e-6 over batches of 32,768 tokens, a unit resting on
-    one inner value 1.9e-6). The update detects them on both sides and multiplies the batch in
-    float64."""
+    one inner value 1.9e-6). The update detects them and multiplies their rows in float64 (from
+    their float32 values), the rest of the batch in float32."""
     n, batch = 65536, 32768
     x, y = few_valued_twins(kind, n, seed=0)
     want = np.corrcoef(x.T.numpy(), y.T.numpy())[:4, 4:]
     stats = CrossMoments(4, 4)
     for i in range(0, n, batch):
         stats.update(x[i : i + batch].float(), y[i : i + batch].float())
-    assert stats.fallback_batches == 2
-    assert np.abs(stats.corr().numpy() - want).max() <= 1e-12
+    assert stats.fallback_batches == 0 and stats.split_batches == 2
+    assert np.abs(stats.corr().numpy() - want).max() <= 1e-7
 
 
 def test_continuous_units_stay_float32_also_in_bfloat16():
@@ -135,3 +136,39 @@ def test_relu_twins_silent_on_part_of_the_batch_meet_1e6(silent: float):
         assert stats.fallback_batches == 0  # float32 products: the centre does it
         worst = max(worst, float(np.abs(stats.corr().numpy() - want).max()))
     assert worst <= 1e-6
+
+
+def test_few_valued_rows_do_not_depend_on_the_other_units():
+    """Which pairs go float64 depends on the A unit alone: a continuous pair gets the same value
+    whether or not few-valued units share its statistics (a tile of a tiled or tile-parallel run
+    holds some units, one process all), and a few-valued unit gets its float64 row in both."""
+    n, batch = 65536, 32768
+    few_x, few_y = few_valued_twins("±1", n, seed=2)
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(n, 2, generator=g, dtype=F64)
+    cont_x, cont_y = z, z + 0.5 * torch.randn(n, 2, generator=g, dtype=F64)
+    together = CrossMoments(6, 6)
+    alone = CrossMoments(2, 2)
+    few_alone = CrossMoments(4, 4)
+    for i in range(0, n, batch):
+        s = slice(i, i + batch)
+        together.update(torch.cat([cont_x[s], few_x[s]], 1).float(),
+                        torch.cat([cont_y[s], few_y[s]], 1).float())  # fmt: skip
+        alone.update(cont_x[s].float(), cont_y[s].float())
+        few_alone.update(few_x[s].float(), few_y[s].float())
+    assert torch.equal(together.corr()[:2, :2], alone.corr())
+    assert torch.equal(together.corr()[2:, 2:], few_alone.corr())
+
+
+@pytest.mark.parametrize(("count", "few"), [(31, False), (32, True)])
+def test_a_value_on_a_quarter_of_the_sample_takes_few_values(count: int, few: bool):
+    """128 rows: the sample is every row. One value on 32 of them (a quarter) marks the unit,
+    on 31 it does not; zeros never do, they make the unit centred on 0."""
+    from tl_universality.stats.cross_moments.products import atoms
+
+    x = torch.arange(1.0, 129.0)[:, None].repeat(1, 2)
+    x[:count, 0] = 5.0
+    x[:count, 1] = 0.0
+    on_zero, marked = atoms(x)
+    assert marked.tolist() == [few, False]
+    assert on_zero.tolist() == [False, True]

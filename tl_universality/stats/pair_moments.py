@@ -449,7 +449,8 @@ class Sequences:
 def float32_safe(chunks: Sequence[Sequences]) -> bool:
     """Whether float32 products of these chunks keep their bound: the exhaustive engine's rule
     (:func:`~tl_universality.stats.cross_moments.products.float32_fits`) on every unit's ``Σx'²``
-    over each chunk, about the chunk's shift. float64 chunks always are.
+    over each chunk, about the chunk's shift, where a sum of 0 must come from values that are
+    all 0. float64 chunks always are.
 
     Examples:
         >>> x = torch.ones(4, 2) * torch.tensor([1.0, 1e-20])
@@ -460,10 +461,17 @@ def float32_safe(chunks: Sequence[Sequences]) -> bool:
         >>> float32_safe(sequence_chunks(x, None, shift, dtype=torch.float32))
         False
     """
-    return all(
-        c.data.dtype == torch.float64 or float32_fits(c.squares.sum(0), int(c.lengths.sum()))
-        for c in chunks
-    )
+    for c in chunks:
+        if c.data.dtype == torch.float64:
+            continue
+        energy = c.squares.sum(0)
+        if not float32_fits(energy, int(c.lengths.sum())):
+            return False
+        # the squares are float32 sums: values below ~1e-23 square to exactly 0 there
+        zero = energy == 0
+        if bool(zero.any()) and bool(c.data[:, zero, :].ne(0).any()):
+            return False
+    return True
 
 
 def centred_chunks(

@@ -23,6 +23,7 @@ from tl_universality.stats.cross_moments.products import (
     matmul_precision,
     mm,
     resolve_product_dtype,
+    with_whole_columns,
 )
 
 
@@ -69,10 +70,10 @@ class CrossMoments:
         self.sum_xy = torch.zeros(int(n_a), int(n_b), dtype=torch.float64, device=self.device)
         self._buffer: Tensor | None = None  # the float32 product, reused across batches
         self._centred: tuple[Tensor, Tensor] | None = None
-        #: Batches whose product ran in float64 because float32 would overflow or underflow, or
-        #: because units on both sides take few values.
+        #: Batches whose product ran in float64 because float32 would overflow or underflow.
         self.fallback_batches = 0
-        #: Batches in which spiky units' rows and columns were multiplied in float64.
+        #: Batches in which spiky units' rows and columns, or the rows of A units that take few
+        #: values, were multiplied in float64.
         self.split_batches = 0
 
     # -- shape -------------------------------------------------------------------------------
@@ -133,14 +134,11 @@ class CrossMoments:
         first = self.n == 0
         xc, yc = self._scratch(rows)
         dx, ax, ex, tx, fx = self._a.centre(xs, first, xc, self.device)
-        dy, ay, ey, ty, fy = self._b.centre(ys, first, yc, self.device)
+        dy, ay, ey, ty, _ = self._b.centre(ys, first, yc, self.device)
         product = self.product_dtype
-        if product != torch.float64 and (
-            not (float32_fits(ex, rows) and float32_fits(ey, rows)) or bool(fx.any() and fy.any())
-        ):
+        if product != torch.float64 and not (float32_fits(ex, rows) and float32_fits(ey, rows)):
             # Values this large (or spreads this small) would overflow (or underflow) a float32
-            # product, or units on both sides take few values (their float32 sums would drift
-            # past the bound): this batch is multiplied in float64 instead, never emitted as NaN.
+            # product: this batch is multiplied in float64 instead, never emitted as NaN.
             product = torch.float64
             self.fallback_batches += 1
             xc = torch.empty(rows, self.n_a, dtype=torch.float64, device=self.device)
@@ -151,7 +149,7 @@ class CrossMoments:
             self._a.add_grams(xc, product, dx, tx, rows)
             self._b.add_grams(yc, product, dy, ty, rows)
             if product == torch.float32 and self.n_a and self.n_b:
-                self._add_split_product(xc, yc, ax, ex, ay, ey)
+                self._add_split_product(xc, yc, ax, ex, ay, ey, fx)
             else:
                 self._add_product(xc, yc, product)
             if self.n_a and self.n_b:
@@ -244,7 +242,14 @@ class CrossMoments:
                 accumulate(self.sum_xy[r0:r1], out)
 
     def _add_split_product(
-        self, xc: Tensor, yc: Tensor, ax: Tensor, ex: Tensor, ay: Tensor, ey: Tensor
+        self,
+        xc: Tensor,
+        yc: Tensor,
+        ax: Tensor,
+        ex: Tensor,
+        ay: Tensor,
+        ey: Tensor,
+        few_x: Tensor | None = None,
     ) -> None:
         """``Σ(x − m)(y − m')ᵀ`` with a float32 product, except the few dominant entries.
 
@@ -253,8 +258,16 @@ class CrossMoments:
         that hold more than :data:`SPIKY_SHARE` of their unit's batch energy (at most 64 per unit,
         none for ordinary units) are taken out of the float32 inputs and multiplied in float64:
         ``xᵀy = x_restᵀ y_rest + x_bigᵀ y + x_restᵀ y_big``, the last two sparse and exact.
+
+        Every entry of an A unit that takes few values (``few_x``, see
+        :func:`~tl_universality.stats.cross_moments.products.atoms`) is taken out the same way, so
+        its whole row is float64: with another such unit its float32 sums would repeat a few
+        terms and drift past the bound. The choice depends on the A unit alone, not on which B
+        units share its tile, so every tiling and process rounds each pair alike.
         """
         big_x = big_entries(xc, ax, ex)
+        if few_x is not None and bool(few_x.any()):
+            big_x = with_whole_columns(big_x, few_x.nonzero()[:, 0], xc.shape[0])
         big_y = big_entries(yc, ay, ey)
         if big_x is None and big_y is None:
             self._add_product(xc, yc, torch.float32)

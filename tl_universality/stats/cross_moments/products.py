@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 Block = tuple[int, int]
@@ -330,6 +330,19 @@ def big_entries(centred: Tensor, absmax: Tensor, energy: Tensor) -> tuple[Tensor
     return tokens, spiky[k]
 
 
+def with_whole_columns(
+    big: tuple[Tensor, Tensor] | None, units: Int[Tensor, " k"], rows: int
+) -> tuple[Tensor, Tensor]:
+    """:func:`big_entries`' ``(tokens, units)`` plus every one of ``rows`` tokens of ``units``
+    (each entry once)."""
+    tokens = torch.arange(rows, device=units.device).repeat(units.numel())
+    cols = units.repeat_interleave(rows)
+    if big is not None:
+        keep = ~torch.isin(big[1], units)
+        tokens, cols = torch.cat([big[0][keep], tokens]), torch.cat([big[1][keep], cols])
+    return tokens, cols
+
+
 def add_sparse_rows(
     out: Tensor, units: Tensor, tokens: Tensor, values: Tensor, dense: Tensor, chunk: int
 ) -> None:
@@ -370,9 +383,9 @@ def atoms(part: Float[Tensor, "n u"]) -> tuple[Bool[Tensor, " u"], Bool[Tensor, 
     marks units whose float32 products with another such unit repeat a few terms, so that a
     float32 sum rounds the same way at every step instead of at random (±1 twins drifted to 2e-6
     over batches of 32,768 tokens, continuous units stay near 1e-7); :meth:`CrossMoments.update`
-    multiplies such batches in float64. A zero atom needs no mark: a unit silent on a quarter of
-    the sample is centred on 0, where its silent tokens are exact zeros. Both depend on the batch
-    alone, so every process that reads a batch decides alike.
+    multiplies the rows of such A units in float64. A zero atom needs no mark: a unit silent on
+    a quarter of the sample is centred on 0, where its silent tokens are exact zeros. Both depend
+    on the batch alone, so every process that reads a batch decides alike.
 
     Examples:
         >>> x = torch.stack([torch.arange(8.0), torch.tensor([1.0, -1] * 4), torch.zeros(8)], 1)
@@ -381,14 +394,14 @@ def atoms(part: Float[Tensor, "n u"]) -> tuple[Bool[Tensor, " u"], Bool[Tensor, 
     """
     n = part.shape[0]
     take = min(n, FEW_VALUED_SAMPLE)
-    rows = torch.linspace(0, n - 1, take, device=part.device).round().long()
+    rows = torch.arange(take, device=part.device) * (n - 1) // max(take - 1, 1)
     sample = part[rows].T.contiguous().sort(1).values  # [units, take]: sorts fastest
     on_zero = (sample == 0).sum(1) * ZERO_CENTRE >= take
     if take < 2 * FEW_VALUED:  # too few terms for a float32 sum to drift
         return on_zero, torch.zeros_like(on_zero)
-    width = take // FEW_VALUED
-    run = (sample[:, width:] == sample[:, :-width]) & (sample[:, :-width] != 0)
-    return on_zero, run.any(1)
+    width = take // FEW_VALUED  # a run of `width` equal sorted values: first == last
+    first, last = sample[:, : take - width + 1], sample[:, width - 1 :]
+    return on_zero, ((first == last) & (first != 0)).any(1)
 
 
 def float32_fits(energy: Float[Tensor, " u"], rows: int) -> bool:
@@ -403,10 +416,10 @@ def float32_fits(energy: Float[Tensor, " u"], rows: int) -> bool:
     number, rules out overflow. A product that sinks below float32's smallest normal number
     (1.18e-38) loses at most that much, even on hardware that flushes subnormals to zero, so a
     pair's sum over ``rows`` tokens loses at most ``rows · 1.18e-38``; the floor keeps that loss
-    below 1e-8 of ``√(Σx'² · Σy'²)``. That is about 8 times the correlation's denominator at
-    most: a unit centred on exactly 0 is silent on an eighth of its batch's sample tokens (about
-    as many of its rows), and a unit silent on a share ``s`` of the rows has ``Σx'²`` at most
-    ``1/s`` times its sum of squares about its mean.
+    below 1e-8 of ``√(Σx'² · Σy'²)``. That is typically at most 8 times the correlation's
+    denominator: a unit centred on exactly 0 is silent on an eighth of its batch's sample
+    tokens (about as many of its rows), and a unit silent on a share ``s`` of the rows has
+    ``Σx'²`` at most ``1/s`` times its sum of squares about its mean.
 
     Examples:
         >>> ok = torch.tensor([0.0, 1.0, 1e30], dtype=torch.float64)
