@@ -249,7 +249,7 @@ class CrossMoments:
         ex: Tensor,
         ay: Tensor,
         ey: Tensor,
-        few_x: Tensor | None = None,
+        few_x: Tensor,
     ) -> None:
         """``Σ(x − m)(y − m')ᵀ`` with a float32 product, except the few dominant entries.
 
@@ -266,7 +266,7 @@ class CrossMoments:
         units share its tile, so every tiling and process rounds each pair alike.
         """
         big_x = big_entries(xc, ax, ex)
-        if few_x is not None and bool(few_x.any()):
+        if bool(few_x.any()):
             big_x = with_whole_columns(big_x, few_x.nonzero()[:, 0], xc.shape[0])
         big_y = big_entries(yc, ay, ey)
         if big_x is None and big_y is None:

@@ -211,7 +211,7 @@ class Side:
         block = _CENTRE_BLOCK_CUDA if device.type == "cuda" else CENTRE_BLOCK_CPU
         delta = torch.zeros_like(self.shift)
         absmax = torch.zeros_like(self.shift)
-        few = torch.zeros(self.shift.shape, dtype=torch.bool, device=self.shift.device)
+        few = torch.zeros_like(self.shift, dtype=torch.bool)  # takes few values (atoms)
         energy = torch.zeros_like(self.shift)  # Σ(x − c)² of this batch
         batch_sum = torch.zeros_like(self.shift)  # Σ(x − shift) of this batch
         col = 0
