@@ -139,9 +139,14 @@ def test_relu_twins_silent_on_part_of_the_batch_meet_1e6(silent: float):
 
 
 def test_few_valued_rows_do_not_depend_on_the_other_units():
-    """Which pairs go float64 depends on the A unit alone: a continuous pair gets the same value
-    whether or not few-valued units share its statistics (a tile of a tiled or tile-parallel run
-    holds some units, one process all), and a few-valued unit gets its float64 row in both."""
+    """Which pairs go float64 depends on the A unit alone: a few-valued unit gets its float64
+    row whether or not continuous units share its statistics (a tile of a tiled or
+    tile-parallel run holds some units, one process all), bit for bit, and a continuous pair
+    stays within the float32 bound beside few-valued units.
+
+    The continuous pair is not compared bit for bit: the BLAS may round a float32 GEMM's entry
+    differently in matrices of different shapes (MKL on an AMD EPYC rounds the same entries of
+    a 2 x 2 and a 6 x 6 product differently), so tilings agree to float32 rounding there."""
     n, batch = 65536, 32768
     few_x, few_y = few_valued_twins("±1", n, seed=2)
     g = torch.Generator().manual_seed(3)
@@ -156,8 +161,11 @@ def test_few_valued_rows_do_not_depend_on_the_other_units():
                         torch.cat([cont_y[s], few_y[s]], 1).float())  # fmt: skip
         alone.update(cont_x[s].float(), cont_y[s].float())
         few_alone.update(few_x[s].float(), few_y[s].float())
-    assert torch.equal(together.corr()[:2, :2], alone.corr())
     assert torch.equal(together.corr()[2:, 2:], few_alone.corr())
+    want = numpy_corr(cont_x.float().double(), cont_y.float().double())
+    for got in (together.corr()[:2, :2], alone.corr()):
+        assert np.abs(got.numpy() - want).max() <= 1e-7
+    assert (together.corr()[:2, :2] - alone.corr()).abs().max() <= 5e-8
 
 
 @pytest.mark.parametrize(("count", "few"), [(31, False), (32, True)])
