@@ -15,6 +15,10 @@ Usage::
 
     python benchmarks/cross_moment_accuracy.py              # 1024 x 1024 units, 16k tokens
     python benchmarks/cross_moment_accuracy.py --baseline-rev 5254239
+    python benchmarks/cross_moment_accuracy.py --layer-width 256 --baseline-rev bbdb16f
+
+``--layer-width W`` also tracks B's within-layer second moments (the grams the mixing baselines
+read) for layers of ``W`` units, and reports their largest error over ``√(Σy_i'² Σy_j'²)``.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--baseline-rev", default="95af18f")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--layer-width", type=int, default=0, help="track B's grams (0: none)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from tl_universality.stats.cross_moments import CrossMoments
@@ -97,6 +102,24 @@ def main() -> None:
         full = np.corrcoef(np.concatenate([x.double().numpy(), y.double().numpy()], 1).T)
     oracle = full[: args.units, args.units :]
 
+    blocks = {}
+    width = args.layer_width
+    if width:
+        blocks = {"b_blocks": [(s, s + width) for s in range(0, y.shape[1] - width + 1, width)]}
+    yc = y.double().numpy()
+    yc = yc - yc.mean(0)
+
+    def gram_error(stats) -> float:
+        worst = 0.0
+        for i, (lo, hi) in enumerate(blocks.get("b_blocks", [])):
+            want = yc[:, lo:hi].T @ yc[:, lo:hi]
+            d = np.sqrt(np.diag(want))
+            scale = np.outer(d, d)
+            live = scale > 0
+            err = np.abs(stats.within_b(i).numpy() - want)[live] / scale[live]
+            worst = max(worst, float(err.max()))
+        return worst
+
     rows = []
     candidates = [
         ("this revision, float32 product", CrossMoments, {}),
@@ -106,9 +129,9 @@ def main() -> None:
     if old is not None:
         candidates.append((f"revision {args.baseline_rev}, float32 product", old.CrossMoments, {}))
     for label, cls, kw in candidates:
-        stats, t = run(cls, x, y, args.batch, **kw)
+        stats, t = run(cls, x, y, args.batch, **kw, **blocks)
         err = np.nanmax(np.abs(stats.corr().numpy() - oracle))
-        rows.append((label, err, t, getattr(stats, "split_batches", None)))
+        rows.append((label, err, t, gram_error(stats) if blocks else None))
     xb, yb = x[: args.batch].contiguous(), y[: args.batch].contiguous()
     out = torch.empty(args.units, args.units)
     ts = []
@@ -117,11 +140,16 @@ def main() -> None:
         torch.mm(xb.T, yb, out=out)
         ts.append(time.perf_counter() - t)
     gemm = float(np.median(ts))
+    layers = f", B's grams for layers of {width}" if width else ""
     print(f"{args.units} x {args.units} units, {args.tokens} tokens, batches of {args.batch},"
-          f" {args.threads} thread(s)")  # fmt: skip
-    print(f"{'statistics':40s} {'max |r - r64|':>14s} {'s / batch':>10s} {'x bare GEMM':>12s}")
-    for label, err, t, _split in rows:
-        print(f"{label:40s} {err:14.2e} {t:10.4f} {t / gemm:12.2f}")
+          f" {args.threads} thread(s){layers}")  # fmt: skip
+    grams = f" {'max gram error':>15s}" if width else ""
+    print(
+        f"{'statistics':40s} {'max |r - r64|':>14s} {'s / batch':>10s} {'x bare GEMM':>12s}{grams}"
+    )
+    for label, err, t, gram in rows:
+        cell = f" {gram:15.2e}" if gram is not None else ""
+        print(f"{label:40s} {err:14.2e} {t:10.4f} {t / gemm:12.2f}{cell}")
     print(f"{'bare float32 GEMM x^T y':40s} {'':>14s} {gemm:10.4f} {1.0:12.2f}")
 
 

@@ -180,3 +180,42 @@ def test_a_value_on_a_quarter_of_the_sample_takes_few_values(count: int, few: bo
     on_zero, marked = atoms(x)
     assert marked.tolist() == [few, False]
     assert on_zero.tolist() == [False, True]
+
+
+@pytest.mark.parametrize("batch", [4096, 32768])
+def test_units_with_a_large_mean_and_a_small_spread(batch: int):
+    """``1000 + 0.01 z`` in float32 lies on ~1,000 values spaced 2^-14 apart; centred about an
+    arbitrary mean every value carried the same fraction of that spacing, its float32 products
+    rounded alike and r = 1 pairs of 256 such units drifted to 2.3e-7 (batches of 4,096) and
+    6.8e-7 (32,768). Centred on the grid (:func:`on_grid`) the products are exact (1e-9)."""
+    g = torch.Generator().manual_seed(11)
+    n, u = 32768, 256
+    z = torch.randn(n, u, generator=g, dtype=F64)
+    x = (1000 + 0.01 * z).float()
+    twins = -300 + 0.003 * (z[:, : u // 2] + 0.2 * torch.randn(n, u // 2, generator=g))
+    y = torch.cat([x[:, : u // 2], twins.float()], 1)
+    stats = CrossMoments(u, u, b_blocks=[(0, u // 2), (u // 2, u)])
+    for i in range(0, n, batch):
+        stats.update(x[i : i + batch], y[i : i + batch])
+    xd, yd = x.double().numpy(), y.double().numpy()
+    want = np.corrcoef(np.concatenate([xd, yd], 1).T)[:u, u:]
+    assert np.abs(stats.corr().numpy() - want).max() <= 1e-7
+    yc = yd - yd.mean(0)
+    for k, lo in enumerate((0, u // 2)):
+        part = yc[:, lo : lo + u // 2]
+        gram = part.T @ part
+        scale = np.sqrt(np.outer(np.diag(gram), np.diag(gram)))
+        assert (np.abs(stats.within_b(k).numpy() - gram) / scale).max() <= 1e-7
+
+
+def test_the_grid_centre_keeps_float64_values_and_sign_changing_units():
+    from tl_universality.stats.cross_moments.products import on_grid
+
+    mean = torch.tensor([0.3, 1000.1, -5.05], dtype=F64)
+    low = torch.tensor([-1.0, 999.0, -6.0], dtype=F64)
+    high = torch.tensor([1.0, 1001.0, -4.0], dtype=F64)
+    assert torch.equal(on_grid(mean, low, high, torch.float64), mean)
+    got = on_grid(mean, low, high, torch.float32)
+    assert got[0] == mean[0]  # crosses 0: no common grid
+    for k, spacing in ((1, 2.0**-14), (2, 2.0**-21)):  # 999 in [512, 1024); 4 in [4, 8)
+        assert float(got[k]) / spacing % 1 == 0 and abs(float(got[k] - mean[k])) <= spacing / 2

@@ -134,7 +134,7 @@ class CrossMoments:
         first = self.n == 0
         xc, yc = self._scratch(rows)
         dx, ax, ex, tx, fx = self._a.centre(xs, first, xc, self.device)
-        dy, ay, ey, ty, _ = self._b.centre(ys, first, yc, self.device)
+        dy, ay, ey, ty, fy = self._b.centre(ys, first, yc, self.device)
         product = self.product_dtype
         if product != torch.float64 and not (float32_fits(ex, rows) and float32_fits(ey, rows)):
             # Values this large (or spreads this small) would overflow (or underflow) a float32
@@ -145,11 +145,14 @@ class CrossMoments:
             yc = torch.empty(rows, self.n_b, dtype=torch.float64, device=self.device)
             self._a.write_centred(xs, dx, xc)
             self._b.write_centred(ys, dy, yc)
+        big_x = big_y = None  # the dominant entries of each side (float32 products only)
+        if product == torch.float32:
+            big_x, big_y = big_entries(xc, ax, ex), big_entries(yc, ay, ey)
         with matmul_precision(self._precision):
-            self._a.add_grams(xc, product, dx, tx, rows)
-            self._b.add_grams(yc, product, dy, ty, rows)
+            self._a.add_grams(xc, product, dx, tx, rows, fx, big_x)
+            self._b.add_grams(yc, product, dy, ty, rows, fy, big_y)
             if product == torch.float32 and self.n_a and self.n_b:
-                self._add_split_product(xc, yc, ax, ex, ay, ey, fx)
+                self._add_split_product(xc, yc, big_x, big_y, fx)
             else:
                 self._add_product(xc, yc, product)
             if self.n_a and self.n_b:
@@ -245,10 +248,8 @@ class CrossMoments:
         self,
         xc: Tensor,
         yc: Tensor,
-        ax: Tensor,
-        ex: Tensor,
-        ay: Tensor,
-        ey: Tensor,
+        big_x: tuple[Tensor, Tensor] | None,
+        big_y: tuple[Tensor, Tensor] | None,
         few_x: Tensor,
     ) -> None:
         """``Σ(x − m)(y − m')ᵀ`` with a float32 product, except the few dominant entries.
@@ -257,18 +258,18 @@ class CrossMoments:
         active on one token would lose its background's share of the co-moment. So the entries
         that hold more than :data:`SPIKY_SHARE` of their unit's batch energy (at most 64 per unit,
         none for ordinary units) are taken out of the float32 inputs and multiplied in float64:
-        ``xᵀy = x_restᵀ y_rest + x_bigᵀ y + x_restᵀ y_big``, the last two sparse and exact.
+        ``xᵀy = x_restᵀ y_rest + x_bigᵀ y + x_restᵀ y_big``, the last two sparse and exact
+        (``big_x``, ``big_y``: each side's
+        :func:`~tl_universality.stats.cross_moments.products.big_entries`).
 
         Every entry of an A unit that takes few values (``few_x``, see
         :func:`~tl_universality.stats.cross_moments.products.atoms`) is taken out the same way, so
         its whole row is float64: with another such unit its float32 sums would repeat a few
         terms and drift past the bound. The choice depends on the A unit alone, not on which B
-        units share its tile, so every tiling and process rounds each pair alike.
+        units share its tile, so every tiling and process makes the same choice for each pair.
         """
-        big_x = big_entries(xc, ax, ex)
         if bool(few_x.any()):
             big_x = with_whole_columns(big_x, few_x.nonzero()[:, 0], xc.shape[0])
-        big_y = big_entries(yc, ay, ey)
         if big_x is None and big_y is None:
             self._add_product(xc, yc, torch.float32)
             return
