@@ -68,7 +68,8 @@ def test_units_active_on_one_token_and_sparse_units():
 def test_dense_units_over_long_batches():
     """Sums over one batch of 32,768 tokens reached 8e-7; runs of 512 tokens keep ~1e-7."""
     g = torch.Generator().manual_seed(4)
-    y = torch.nn.functional.gelu(torch.randn(32768, 64, generator=g) @ torch.randn(64, 64, generator=g) + 0.5)
+    mix = torch.randn(64, 64, generator=g)
+    y = torch.nn.functional.gelu(torch.randn(32768, 64, generator=g) @ mix + 0.5)
     _, got = gram_of(y, 32768)
     assert gram_error(got, y) <= 2e-7
 
@@ -103,7 +104,8 @@ def test_rotation_baseline_of_few_valued_units():
     the explicitly rotated float32 values: was 1.3e-4 off for ±1 units."""
     few, twins = few_valued_twins("±1", 32768, seed=8)
     y = torch.cat([few, twins], 1).float()
-    x = (few[:, :3] + 0.3 * torch.randn(32768, 3, generator=torch.Generator().manual_seed(1))).float()
+    noise = torch.randn(32768, 3, generator=torch.Generator().manual_seed(1))
+    x = (few[:, :3] + 0.3 * noise).float()
     stats, gram = gram_of(y, 32768, "b", x)
     mix = mixing_matrix("rotation", 8, seed=0, key=("test",))
     got = mixed_correlation(stats.comoment(), stats.m2_x, gram, mix).numpy()

@@ -256,7 +256,7 @@ class CrossMoments:
 
         A float32 sum drops small terms added to a partial sum dominated by one large term: a unit
         active on one token would lose its background's share of the co-moment. So the entries
-        that hold more than :data:`SPIKY_SHARE` of their unit's batch energy (at most 64 per unit,
+        that hold more than :data:`SPIKY_SHARE` of their unit's batch energy (at most 16 per unit,
         none for ordinary units) are taken out of the float32 inputs and multiplied in float64:
         ``xᵀy = x_restᵀ y_rest + x_bigᵀ y + x_restᵀ y_big``, the last two sparse and exact
         (``big_x``, ``big_y``: each side's

@@ -406,8 +406,11 @@ class Side:
 
 #: A unit whose largest batch-centred value holds more than this share of the batch's Σ(x − m)²
 #: is "spiky": a float32 sum would add its small terms to a partial sum dominated by one token and
-#: drop them (a unit active on one token loses up to ~1e-5 of its co-moment that way).
-SPIKY_SHARE = 1 / 64
+#: drop them (a unit active on one token loses up to ~1e-5 of its co-moment that way). Twins
+#: whose top entry holds up to 1/12 keep ~1e-7 in float32 (3.3e-7 at 512 tokens); at 1/64, the
+#: earlier share, 60% of a random model's units were spiky on 1,524 tokens (~5 entries each),
+#: at 1/16 5% (``benchmarks/cross_moment_accuracy.py``: 2.43 times a bare GEMM, was 2.61).
+SPIKY_SHARE = 1 / 16
 
 
 def big_entries(centred: Tensor, absmax: Tensor, energy: Tensor) -> tuple[Tensor, Tensor] | None:
