@@ -146,3 +146,28 @@ def test_noise_baseline_matches_simulated_noise_units():
     )
     with pytest.raises(ValueError, match="at least 3 tokens"):
         null_corr_sf(0.1, 2)
+
+
+def test_rotations_are_haar_distributed():
+    """Against the Haar measure on O(6), with 4,000 draws of fixed seeds: E tr Q = 0,
+    E (tr Q)² = E tr Q² = 1 (Diaconis & Shahshahani 1994), E det Q = 0 (both components alike),
+    and Q₀₀² ~ Beta(1/2, 5/2) (a uniform unit vector's first coordinate), by a KS test; each
+    mean within 5 standard errors."""
+    from scipy import stats as sps
+
+    from tl_universality.stats.baselines import haar_rotation
+
+    draws = 4000
+    gen = torch.Generator().manual_seed(0)
+    qs = torch.stack([haar_rotation(6, gen) for _ in range(draws)])
+    eye = torch.eye(6, dtype=torch.float64)
+    assert (qs @ qs.transpose(1, 2) - eye).abs().max() < 1e-12
+    tr = qs.diagonal(dim1=1, dim2=2).sum(1).numpy()
+    tr_sq = (qs @ qs).diagonal(dim1=1, dim2=2).sum(1).numpy()
+    det = torch.linalg.det(qs).numpy()
+    for values, mean in ((tr, 0.0), (tr**2, 1.0), (tr_sq, 1.0), (det, 0.0)):
+        se = values.std() / np.sqrt(draws)
+        assert abs(values.mean() - mean) < 5 * se, (values.mean(), mean, se)
+    q00 = qs[:, 0, 0].numpy()
+    assert sps.kstest(q00**2, sps.beta(0.5, 2.5).cdf).pvalue > 1e-3
+    assert sps.kstest(qs[:, 3, 1].numpy() ** 2, sps.beta(0.5, 2.5).cdf).pvalue > 1e-3

@@ -14,9 +14,10 @@ pass.
 
 Kinds (``kind=``):
 
-- ``"rotation"`` (default): ``R`` is a Haar-random orthogonal matrix per layer (QR of a Gaussian
-  matrix with the signs of ``diag(R)`` fixed), the clean choice: the mixed units keep the layer's
-  total variance and are as decorrelated as the originals.
+- ``"rotation"`` (default): ``R`` is a Haar-random orthogonal matrix per layer
+  (:func:`haar_rotation`: the orthogonal factor of a Gaussian matrix's QR with the signs of
+  ``diag(R)`` fixed, built from its Householder vectors), the clean choice: the mixed units keep
+  the layer's total variance and are as decorrelated as the originals.
 - ``"gaussian_mix"``: the paper's choice, Gaussian rows normalised to unit length (not orthogonal).
 - ``"gaussian_noise"``: ``b`` independent Gaussian noise units instead of the other model. Needs no
   data at all: given ``n`` tokens, the sample correlation of any non-constant unit with independent
@@ -84,14 +85,41 @@ def mixing_matrix(
         >>> torch.allclose(g.norm(dim=1), torch.ones(4, dtype=torch.float64))
         True
     """
-    gauss = torch.randn(d, d, dtype=torch.float64, generator=generator(seed, key))
     if kind == "rotation":
-        q, r = torch.linalg.qr(gauss)
-        # Without the sign fix QR's output is not Haar-distributed (Mezzadri 2007).
-        return q * torch.sign(torch.diagonal(r)).masked_fill(torch.diagonal(r) == 0, 1.0)
+        return haar_rotation(d, generator(seed, key))
     if kind == "gaussian_mix":
+        gauss = torch.randn(d, d, dtype=torch.float64, generator=generator(seed, key))
         return gauss / gauss.norm(dim=1, keepdim=True)
     raise ValueError(f"{kind!r} is not a mixing baseline; use one of {MIXING_KINDS}.")
+
+
+def haar_rotation(d: int, gen: torch.Generator) -> Float[Tensor, "d d"]:
+    """A Haar-random ``d × d`` orthogonal matrix (float64), drawn from ``gen``.
+
+    The Householder QR of a ``d × d`` Gaussian matrix ``G`` reflects its first column onto
+    ``e₁``; the reflection is orthogonal and independent of the other columns, which so stay
+    independent Gaussians, and the same holds at every step. The ``k``-th Householder vector is
+    therefore that of a fresh Gaussian vector of length ``d − k`` (Stewart 1980), and
+    ``Q · diag(sign R_kk)`` (the sign fix without which QR's output is not Haar, Mezzadri 2007)
+    follows from ``d(d+1)/2`` Gaussian numbers and one product of reflections, without
+    factorising ``G``: about 0.6 of the time of ``torch.linalg.qr`` at ``d = 512``.
+
+    Examples:
+        >>> q = haar_rotation(5, torch.Generator().manual_seed(0))
+        >>> torch.allclose(q @ q.T, torch.eye(5, dtype=torch.float64))
+        True
+    """
+    f64 = torch.float64
+    rows, cols = torch.tril_indices(d, d)
+    a = torch.zeros(d, d, dtype=f64)
+    a[rows, cols] = torch.randn(rows.numel(), generator=gen, dtype=f64)  # column k: length d − k
+    alpha = a.diagonal().clone()
+    norm = a.norm(dim=0)
+    zero = norm == 0  # a zero column (probability 0): no reflection
+    beta = torch.where(zero, 1.0, -torch.copysign(norm, alpha))  # H_k maps column k to beta·e_k
+    tau = torch.where(zero, 0.0, (beta - alpha) / beta)
+    v = a.div_(torch.where(zero, 1.0, alpha - beta))  # the unit first entries are implied
+    return torch.linalg.householder_product(v, tau) * torch.sign(beta)
 
 
 def mixed_variance(cov_yy: Float[Tensor, "d d"], mix: Float[Tensor, "k d"]) -> Float[Tensor, " k"]:
