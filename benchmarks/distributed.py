@@ -154,6 +154,12 @@ def main() -> int:
     threads = args.threads or os.cpu_count() or 1
     # on CUDA the ranks have devices of their own: no threads to share
     per_rank = threads if args.device == "cuda" else max(1, threads // args.nproc)
+    if args.device == "cpu" and threads < args.nproc:
+        print(
+            f"note: --threads {threads} is below --nproc {args.nproc}: every rank takes one"
+            f" thread, so the ranks use {args.nproc} threads in all, more than asked",
+            file=sys.stderr,
+        )
     work = Path(tempfile.mkdtemp(prefix="tl_universality_distributed_"))
     try:
         start = time.perf_counter()
