@@ -321,11 +321,12 @@ class Side:
                 entries = None
                 if big is not None:
                     inside = (big[1] >= start) & (big[1] < sl.stop)
+                    tok, unit = big[0][inside], big[1][inside] - start
                     if mask is not None:  # a few-valued unit's row is float64 already
-                        local = big[1] - start
-                        inside &= ~mask.reshape(-1)[local.clamp(0, count * width - 1)]
-                    if bool(inside.any()):
-                        entries = (big[0][inside], big[1][inside] - start)
+                        kept = ~mask.reshape(-1)[unit]
+                        tok, unit = tok[kept], unit[kept]
+                    if unit.numel():
+                        entries = (tok, unit)
                 self._float32_grams(v, stacked, mask, entries)
             d = delta[sl].reshape(count, width, 1)
             t = batch_sum[sl].reshape(count, width, 1)
@@ -386,9 +387,8 @@ class Side:
                     if keep is not None:
                         other.mul_(keep[e])
                     lay, jj = layer[e, None].expand_as(other), j[e, None].expand_as(other)
-                    where = (lay, jj, every.expand_as(other))
-                    if not restored:
-                        where = (lay, every.expand_as(other), jj)
+                    at = every.expand_as(other)
+                    where = (lay, jj, at) if restored else (lay, at, jj)  # rows j, or columns j
                     stacked.index_put_(where, other, accumulate=True)
         if few is None:
             return
