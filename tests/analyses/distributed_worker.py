@@ -38,6 +38,14 @@ CASES = {
         baseline="gaussian_mix",
         memory_budget="1.4MB",
     ),  # fmt: skip
+    # data-parallel, kept matrices and all pairs: each rank reduces its rows, then shares them
+    "matrix": dict(
+        product_dtype="float64",
+        all_pairs=True,
+        keep_matrix="float64",
+        baseline="gaussian_mix",
+        memory_budget="1.4MB",
+    ),  # fmt: skip
     # the error pass: data-parallel (same shards as the exhaustive run), and after tiles
     "errors": dict(product_dtype="float64", standard_errors=True),
     "tiles_errors": dict(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import tl_universality.analyses.correlation.rows as rows_module
 import tl_universality.analyses.correlation.run as run_module
 from tests.helpers import build_model, random_tokens
 from tl_universality.analyses.correlation import correlate, plan_correlation
@@ -79,7 +80,7 @@ def counted(monkeypatch):
 
         monkeypatch.setattr(run_module, "mixed_variance", counting_variance)
     # Row chunks of 16 rows: many chunks per tile, as at scale.
-    monkeypatch.setattr(run_module, "FINAL_CHUNK", 16 * D_MLP)
+    monkeypatch.setattr(rows_module, "FINAL_CHUNK", 16 * D_MLP)
     return made, variances
 
 

@@ -14,11 +14,13 @@ import torch
 
 from tests.analyses import distributed_worker as worker
 from tl_universality.analyses.correlation import CorrelationResult, plan_correlation
+from tl_universality.analyses.correlation import rows as rows_module
 from tl_universality.analyses.correlation.distributed import (
     Shard,
     ShardedSource,
     rank_folder,
 )
+from tl_universality.analyses.correlation.rows import owned_range, row_chunks
 from tl_universality.analyses.correlation.run import load_checkpoint
 from tl_universality.core.errors import CheckpointMismatchError
 from tl_universality.data.tokens import TensorTokenSource
@@ -168,6 +170,25 @@ def test_other_world_size_refused_before_reading(tmp_path: Path) -> None:
     (tmp_path / "single" / "state").mkdir()
     with pytest.raises(CheckpointMismatchError, match="written by 1 process"):
         rank_folder(tmp_path / "single", Shard(0, 2))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+def test_reduction_rows_are_split_disjointly_and_cover_every_row(world: int, monkeypatch) -> None:
+    # a data-parallel rank reduces only its rows; over the ranks every row of every block
+    # (a tile's segment of a model's 23 units) is reduced once, in chunks of at most 12 entries
+    monkeypatch.setattr(rows_module, "FINAL_CHUNK", 12)
+    ranges = [owned_range(23, rank, world) for rank in range(world)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == 23
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    for start, stop, offset in ((0, 23, 0), (5, 12, 9), (0, 4, 19), (2, 3, 0)):
+        seen = []
+        for lo, hi in ranges:
+            for r0, r1, model_rows in row_chunks(start, stop, offset, 6, (lo, hi)):
+                assert 0 < r1 - r0 <= 2  # 6 columns: 2 rows of 6 entries a chunk
+                assert model_rows == slice(offset + r0 - start, offset + r1 - start)
+                assert lo <= model_rows.start and model_rows.stop <= hi
+                seen += range(r0, r1)
+        assert sorted(seen) == list(range(start, stop))
 
 
 def test_shards_are_disjoint_and_cover_the_stream() -> None:

@@ -10,7 +10,10 @@ disjoint, cover the stream, and depend only on ``(batch_size, world_size)``. Bef
 statistics are reduced, the float64 co-moments of the ranks are re-expressed about the global
 mean (exact algebra, :meth:`CrossMoments.reduce_across`); about a common shift the sums are
 additive, so one float64 all-reduce per accumulator gives the pairwise merge of Chan et al. over
-all ranks (extremes with MIN/MAX). Every rank holds every tile of a pass.
+all ranks (extremes with MIN/MAX). Every rank holds every tile of a pass; the reduction at the end
+of a pass (correlations, maxima, top-k, the mixing baselines' ``rows × d × d`` products) is split
+by rows: each rank reduces a contiguous share of every model's units, then takes the other rows
+from their owners (copies, so exact).
 
 Tile-parallel (``"tiles"``). Every rank reads every batch, but accumulates and reduces only its
 own tiles of each pass (the plan deals each pass's tiles to the ranks, and gives each rank the
@@ -155,6 +158,12 @@ def merge_across_ranks(stats: Sequence[CrossMoments]) -> None:
         s.reduce_across(all_reduce)
     if stats:
         dist.barrier()
+
+
+def share_rows(run: CorrelationRun) -> None:
+    """After a data-parallel pass's reduction, which each rank did for its own rows only
+    (:meth:`CorrelationRun.owned_rows`): every rank takes the other rows from their owners."""
+    run.share_rows(_broadcast)
 
 
 def merge_tile_reductions(run: CorrelationRun) -> None:

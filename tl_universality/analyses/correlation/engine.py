@@ -44,6 +44,7 @@ from tl_universality.analyses.correlation.distributed import (
     merge_across_ranks,
     merge_tile_reductions,
     rank_folder,
+    share_rows,
 )
 from tl_universality.analyses.correlation.fingerprint import batch_digest, weights_digest
 from tl_universality.analyses.correlation.plan import (
@@ -327,6 +328,7 @@ def run_exhaustive(
         screen=screen,
         follow=follow,
         rank=shard.rank,
+        row_ranks=shard.world_size if by_tokens else 1,
     )
     config_out = {
         **cfg.to_dict(),
@@ -441,6 +443,8 @@ def run_exhaustive(
         if by_tokens:
             merge_across_ranks(run.stats)
         run.finish_pass()
+        if by_tokens:
+            share_rows(run)  # each rank reduced its share of the rows
         run.next_pass += 1
         run.sequences = 0
         if run.next_pass < plan.n_passes:

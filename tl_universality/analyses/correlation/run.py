@@ -13,11 +13,11 @@ from torch import Tensor
 
 from tl_universality.analyses.correlation.plan import (
     CHECKPOINT_FILE,
-    FINAL_CHUNK,
     CorrelationPlan,
     Tile,
 )
 from tl_universality.analyses.correlation.result import CorrelationResult
+from tl_universality.analyses.correlation.rows import owned_range, row_chunks
 from tl_universality.analyses.correlation.summary import Summary
 from tl_universality.core.errors import (
     CorruptCacheError,
@@ -85,8 +85,10 @@ _Use = tuple[CrossMoments, _Segment, _Segment, int, int]
 class CorrelationRun:
     """The state of one correlation run: per-pass statistics and the running reductions.
 
-    ``rank`` picks this process's tiles of a tile-parallel plan (``plan.tile_ranks > 1``); it is
-    ignored otherwise.
+    ``rank`` picks this process's tiles of a tile-parallel plan (``plan.tile_ranks > 1``). In a
+    data-parallel run of ``row_ranks`` processes, where every rank holds the merged statistics,
+    it picks the rows this rank reduces (:meth:`owned_rows`); :meth:`share_rows` then gives
+    every rank all of them.
     """
 
     def __init__(
@@ -105,8 +107,10 @@ class CorrelationRun:
         screen: int = 0,
         follow: int = 0,
         rank: int = 0,
+        row_ranks: int = 1,
     ) -> None:
         self.plan, self.indices, self.rank = plan, list(indices), rank
+        self.row_ranks = row_ranks
         # A screening run (stage 1 of ``candidates=K``) also keeps the K most anti-correlated
         # units, the co-moments of both lists, and every unit's mean and sum of squares; with
         # ``follow=B`` each row's B + 1 best mixed units of every draw too.
@@ -304,18 +308,18 @@ class CorrelationRun:
             self._mixing_baselines(mixed, gram)
         self.stats = None
 
-    @staticmethod
-    def _chunks(rows: _Segment, cols: _Segment) -> list[tuple[int, int, slice]]:
-        """Row chunks ``(start, stop, rows of the model)`` whose block against ``cols`` has at
-        most ``FINAL_CHUNK`` entries (what the plan budgets for the reduction)."""
-        step = max(1, FINAL_CHUNK // max(1, cols.stop - cols.start))
-        out = []
-        for r0 in range(rows.start, rows.stop, step):
-            r1 = min(rows.stop, r0 + step)
-            out.append(
-                (r0, r1, slice(rows.offset + r0 - rows.start, rows.offset + r1 - rows.start))
-            )
-        return out
+    def owned_rows(self, model: int, rank: int | None = None) -> tuple[int, int]:
+        """The rows ``[lo, hi)`` of ``model`` that ``rank`` (default this one) reduces: all of
+        them unless the rows are split (a tile-parallel rank reduces whole tiles)."""
+        n = self.indices[model].n_units
+        if self.row_ranks == 1:
+            return 0, n
+        return owned_range(n, self.rank if rank is None else rank, self.row_ranks)
+
+    def _chunks(self, rows: _Segment, cols: _Segment) -> list[tuple[int, int, slice]]:
+        """This rank's row chunks of the block ``rows × cols`` (see :func:`row_chunks`)."""
+        owned = self.owned_rows(rows.model)
+        return row_chunks(rows.start, rows.stop, rows.offset, cols.stop - cols.start, owned)
 
     def _reduce(self, stats: CrossMoments, rows: _Segment, cols: _Segment, keep: bool) -> None:
         summary = self.summaries[(rows.model, cols.model)]
@@ -420,7 +424,28 @@ class CorrelationRun:
                     )
                 )
 
-    # -- tile-parallel runs --------------------------------------------------------------------
+    # -- runs over several ranks ---------------------------------------------------------------
+
+    def share_rows(self, broadcast: Callable[[Tensor, int], Tensor]) -> None:
+        """After a data-parallel pass whose ranks each reduced their own rows: every row of every
+        reduction from the rank that reduced it (``broadcast(t, src)`` returns rank ``src``'s
+        ``t``; every rank calls this), so every rank ends with what one process has. The rows
+        are copied, not combined: exact."""
+        if self.row_ranks == 1:
+            return
+        for (r, _), summary in self.summaries.items():
+            for name in summary.fields():
+                self._share(getattr(summary, name), Summary.row_dim(name), r, broadcast)
+        for (i, _), matrix in (self.matrices or {}).items():
+            self._share(matrix, 0, i, broadcast)
+
+    def _share(
+        self, full: Tensor, dim: int, model: int, broadcast: Callable[[Tensor, int], Tensor]
+    ) -> None:
+        for k in range(self.row_ranks):
+            lo, hi = self.owned_rows(model, k)
+            part = full.narrow(dim, lo, hi - lo)
+            part.copy_(broadcast(part.contiguous(), k))
 
     def merge_ranks(
         self,
@@ -451,9 +476,8 @@ class CorrelationRun:
             for seg in b_segs:
                 matrix = self.matrices[(a_seg.model, seg.model)]  # type: ignore[index]
                 cols = slice(seg.offset, seg.offset + seg.stop - seg.start)
-                step = max(1, FINAL_CHUNK // max(1, seg.stop - seg.start))
-                for r0 in range(a_seg.offset, a_seg.offset + tile.n_a, step):
-                    rows = slice(r0, min(a_seg.offset + tile.n_a, r0 + step))
+                every = (0, matrix.shape[0])
+                for *_, rows in row_chunks(0, tile.n_a, a_seg.offset, seg.stop - seg.start, every):
                     block = matrix[rows, cols].contiguous()
                     matrix[rows, cols] = broadcast(block, self.plan.owners[t])
 

@@ -113,6 +113,11 @@ class Summary:
             getattr(self, name)[draw, rows] = both.gather(1, order)
         self.mix_val[draw, rows] = best
 
+    @classmethod
+    def row_dim(cls, field: str) -> int:
+        """The dimension of ``field`` that runs over the rows (the baseline's draws come first)."""
+        return 1 if field == "base" or field in cls.FOLLOW_FIELDS else 0
+
     def fields(self) -> tuple[str, ...]:
         extra = (self.SCREEN_FIELDS if self.screen else ()) + (
             self.FOLLOW_FIELDS if self.follow else ()
