@@ -13,7 +13,9 @@ On the same random models and token stream, in one process:
 4. at k = 5, reference-style vs exhaustive ``correlate`` vs screened ``correlate(...,
    candidates=K)``, each in a fresh process: wall time, ratios, max |diff| of max_corr against
    the exhaustive run (all units, certified units), universal-set agreement (each run's own
-   baseline, and the exhaustive run's), certified share and peak memory; 4a end to end, 4b on
+   baseline, and the exhaustive run's; units that moved, and how many of them had every
+   max-correlation and baseline certified: none should), certified shares (max-correlations, the
+   followed baseline) and peak memory; 4a end to end, 4b on
    activations computed once and replayed from memory (the correlation work alone). ``--related
    NOISE`` runs it on a related family (``benchmarks/replay.py``) instead of random seeds;
    ``--baseline-candidates B`` adds a screened run that follows the baseline (``followed``).
@@ -344,6 +346,8 @@ def screened_child(args) -> None:
         out = {"max_corr": r.max_corr, "baseline": r.baseline_max}
         if r.certified is not None:
             out["certified"] = r.certified.to(torch.uint8)
+        if r.baseline_certified is not None:
+            out["baseline_certified"] = r.baseline_certified.to(torch.uint8)
         return out
 
     go(models[:2], toks[:2])  # warm-up: BLAS, allocator
@@ -392,14 +396,21 @@ def bench_screened(args, cached: bool = False) -> list:
             ratios = [f"{runs[b][0]['wall'] / m['wall']:.2f}x" for b in ("reference", "exhaustive")]
             ratios = ["-", "-"] if cached else ratios  # a replay of views costs next to nothing
             label = "replay of cached activations" if cached else "forward passes only"
-            table.append([label, f"{m['wall']:.1f} s", *ratios, "-", "-", "-", "-", "-",
-                          "-", f"{(m['rss_peak'] - m['rss_before']) / 1e6:.0f} MB"])  # fmt: skip
+            peak = f"{(m['rss_peak'] - m['rss_before']) / 1e6:.0f} MB"
+            table.append([label, f"{m['wall']:.1f} s", *ratios, *["-"] * 7, peak])
             continue
         diff = (r["max_corr"] - ex["max_corr"]).abs().nan_to_num(0)
         base_diff = (r["baseline"] - ex["baseline"]).abs().nan_to_num(0).max()
         screened = "certified" in r
         cert = r["certified"].bool() if screened else None
         same = torch.equal(universal(r), universal(ex))
+        moved = universal(r) != universal(ex)
+        # a unit whose max-correlations and baselines are all certified should never move
+        exact = cert.all(0) if screened else torch.ones_like(moved)
+        if "baseline_certified" in r:
+            exact &= r["baseline_certified"].bool().all(0)
+        elif screened:
+            exact &= False  # the screening tokens' baseline carries no certificate
         # the same max-correlations give the same set under one baseline: the screened baseline
         # comes from the screening tokens only, so units near the threshold can move
         same_base = torch.equal(universal(r, ex["baseline"]), universal(ex))
@@ -408,9 +419,12 @@ def bench_screened(args, cached: bool = False) -> list:
             f"{runs['exhaustive'][0]['wall'] / m['wall']:.2f}x", f"{diff.max():.1e}",
             f"{diff[cert].max():.1e}" if screened and cert.any() else "-",
             f"{base_diff:.1e}",
-            f"{'same' if same else 'DIFFER'} ({int(universal(r).sum())})",
+            f"same ({int(universal(r).sum())})" if same else
+            f"DIFFER ({int(universal(r).sum())}): {int(moved.sum())} moved,"
+            f" {int((moved & exact).sum())} certified",
             "same" if same_base else "DIFFER",
             f"{cert.float().mean():.1%}" if screened else "-",
+            f"{r['baseline_certified'].float().mean():.1%}" if "baseline_certified" in r else "-",
             f"{(m['rss_peak'] - m['rss_before']) / 1e6:.0f} MB",
         ]  # fmt: skip
         table.append(row)
@@ -536,7 +550,7 @@ def main() -> None:
             " exhaustive",
             ["pipeline", "wall", "vs reference", "vs exhaustive", "max |diff| max_corr",
              "certified units", "max |diff| baseline", "universal set", "exhaustive's baseline",
-             "certified", "peak - before"],
+             "certified", "baseline certified", "peak - before"],
             bench_screened(args, cached),
         )  # fmt: skip
 
