@@ -160,7 +160,7 @@ def reference_style(models, toks, batch_size: int, device: str, seed: int = 0):
     out = []
     for j, other in enumerate(models[1:], start=1):
         rotations = [
-            mixing_matrix("rotation", d, seed=seed, key=(j, h, 0)).float().to(device)
+            mixing_matrix("rotation", d, seed=seed, key=(j, h, 0), device=device).float()
             for h in range(n_layers[j])
         ]
         results = []

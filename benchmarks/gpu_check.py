@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tl_universality.stats.baselines import mixing_matrix  # noqa: E402
 from tl_universality.stats.cross_moments import CrossMoments  # noqa: E402
 
 PRODUCTS = ("float32", "tf32", "bfloat16")
@@ -51,6 +52,16 @@ def accuracy(device: torch.device, shape: dict) -> dict[str, float]:
         for x, y in zip(xs, ys, strict=True):
             stats.update(x.to(device), y.to(device))
         out[product] = float((stats.corr().cpu() - want).nan_to_num(0).abs().max())
+    # the rotation baseline's mixing matrices are multiplied out on the run's device: the same
+    # matrix as on the CPU to float64 rounding, and orthogonal there
+    d = 3072 if device.type == "cuda" else 64
+    on_cpu = mixing_matrix("rotation", d, seed=0, key=("gpu_check",))
+    start = time.perf_counter()
+    here = mixing_matrix("rotation", d, seed=0, key=("gpu_check",), device=device)
+    out["rotation_seconds"] = time.perf_counter() - start
+    out["rotation_vs_cpu"] = float((here.cpu() - on_cpu).abs().max())
+    eye = torch.eye(d, dtype=torch.float64, device=device)
+    out["rotation_orthogonality"] = float((here @ here.T - eye).abs().max())
     return out
 
 

@@ -58,9 +58,9 @@ def counted(monkeypatch):
     key_of: dict[int, tuple[int, ...]] = {}
     make, correlation = run_module.mixing_matrix, run_module.mixed_correlation
 
-    def counting_mixing_matrix(kind, d, *, seed=0, key=()):
+    def counting_mixing_matrix(kind, d, *, seed=0, key=(), device=None):
         made[tuple(key)] += 1
-        mix = make(kind, d, seed=seed, key=key)
+        mix = make(kind, d, seed=seed, key=key, device=device)
         key_of[mix.data_ptr()] = tuple(key)
         return mix
 

@@ -73,9 +73,18 @@ def generator(seed: int, key: Sequence[Hashable] = ()) -> torch.Generator:
 
 
 def mixing_matrix(
-    kind: str, d: int, *, seed: int = 0, key: Sequence[Hashable] = ()
+    kind: str,
+    d: int,
+    *,
+    seed: int = 0,
+    key: Sequence[Hashable] = (),
+    device: torch.device | str | None = None,
 ) -> Float[Tensor, "d d"]:
     """The ``d × d`` float64 mixing matrix of ``kind`` for ``(seed, key)``; row ``k`` mixes unit k.
+
+    The random numbers come from a CPU generator (:func:`generator`), so a matrix is the same on
+    every machine; on ``device`` (default the CPU) it is made there (for ``"rotation"`` the
+    product of reflections, ``O(d³)``), equal across devices to float64 rounding.
 
     Examples:
         >>> q = mixing_matrix("rotation", 4, seed=0, key=("layer", 1))
@@ -86,15 +95,18 @@ def mixing_matrix(
         True
     """
     if kind == "rotation":
-        return haar_rotation(d, generator(seed, key))
+        return haar_rotation(d, generator(seed, key), device=device)
     if kind == "gaussian_mix":
         gauss = torch.randn(d, d, dtype=torch.float64, generator=generator(seed, key))
-        return gauss / gauss.norm(dim=1, keepdim=True)
+        return (gauss / gauss.norm(dim=1, keepdim=True)).to(device)
     raise ValueError(f"{kind!r} is not a mixing baseline; use one of {MIXING_KINDS}.")
 
 
-def haar_rotation(d: int, gen: torch.Generator) -> Float[Tensor, "d d"]:
-    """A Haar-random ``d × d`` orthogonal matrix (float64), drawn from ``gen``.
+def haar_rotation(
+    d: int, gen: torch.Generator, device: torch.device | str | None = None
+) -> Float[Tensor, "d d"]:
+    """A Haar-random ``d × d`` orthogonal matrix (float64), drawn from ``gen`` (a CPU generator)
+    and multiplied out on ``device`` (default the CPU).
 
     The Householder QR of a ``d × d`` Gaussian matrix ``G`` reflects its first column onto
     ``e₁``; the reflection is orthogonal and independent of the other columns, which so stay
@@ -119,7 +131,8 @@ def haar_rotation(d: int, gen: torch.Generator) -> Float[Tensor, "d d"]:
     beta = torch.where(zero, 1.0, -torch.copysign(norm, alpha))  # H_k maps column k to beta·e_k
     tau = torch.where(zero, 0.0, (beta - alpha) / beta)
     v = a.div_(torch.where(zero, 1.0, alpha - beta))  # the unit first entries are implied
-    return torch.linalg.householder_product(v, tau) * torch.sign(beta)
+    v, tau, sign = v.to(device), tau.to(device), torch.sign(beta).to(device)
+    return torch.linalg.householder_product(v, tau) * sign
 
 
 def mixed_variance(cov_yy: Float[Tensor, "d d"], mix: Float[Tensor, "k d"]) -> Float[Tensor, " k"]:
@@ -199,7 +212,7 @@ def mixed_max_corr(
     d = cov_yy.shape[0]
     out = []
     for draw in range(n_draws):
-        mix = mixing_matrix(kind, d, seed=seed, key=(*key, draw)).to(cov_xy.device)
+        mix = mixing_matrix(kind, d, seed=seed, key=(*key, draw), device=cov_xy.device)
         out.append(nanmax(mixed_correlation(cov_xy, var_x, cov_yy, mix)))
     return torch.stack(out)
 

@@ -88,7 +88,7 @@ class MixedUnits:
                 continue
             mix = (matrices or {}).get(h)
             if mix is None:
-                mix = mixing_matrix(kind, hi - lo, seed=seed, key=(model, h, draw))
+                mix = mixing_matrix(kind, hi - lo, seed=seed, key=(model, h, draw), device=device)
             rows = mix[self.units[where] - lo].to(self.device, torch.float64)
             self.layers.append((int(where[0]), int(where[-1]) + 1, lo, hi, rows))
         self._cast: dict[torch.dtype, list[Tensor]] = {}

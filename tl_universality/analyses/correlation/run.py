@@ -176,7 +176,7 @@ class CorrelationRun:
         if key in self._mix_cache:
             return self._mix_cache[key][0]
         assert self.baseline is not None
-        return mixing_matrix(self.baseline, d, seed=self.seed, key=key).to(self.device)
+        return mixing_matrix(self.baseline, d, seed=self.seed, key=key, device=self.device)
 
     def _keep_mixing(self, key: tuple[int, int, int], mix: Tensor) -> bool:
         """After this pass used ``mix``: keep it for the next pass that mixes its layer if the
