@@ -420,8 +420,8 @@ def bench_screened(args, cached: bool = False) -> list:
             f"{diff[cert].max():.1e}" if screened and cert.any() else "-",
             f"{base_diff:.1e}",
             f"same ({int(universal(r).sum())})" if same else
-            f"DIFFER ({int(universal(r).sum())}): {int(moved.sum())} moved,"
-            f" {int((moved & exact).sum())} certified",
+            f"DIFFER ({int(universal(r).sum())}): {int(moved.sum())} moved"
+            + (f", {int((moved & exact).sum())} certified" if screened else ""),
             "same" if same_base else "DIFFER",
             f"{cert.float().mean():.1%}" if screened else "-",
             f"{r['baseline_certified'].float().mean():.1%}" if "baseline_certified" in r else "-",

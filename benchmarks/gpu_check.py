@@ -56,9 +56,10 @@ def accuracy(device: torch.device, shape: dict) -> dict[str, float]:
     # matrix as on the CPU to float64 rounding, and orthogonal there
     d = 3072 if device.type == "cuda" else 64
     on_cpu = mixing_matrix("rotation", d, seed=0, key=("gpu_check",))
-    start = time.perf_counter()
-    here = mixing_matrix("rotation", d, seed=0, key=("gpu_check",), device=device)
-    out["rotation_seconds"] = time.perf_counter() - start
+    here = mixing_matrix("rotation", d, seed=0, key=("gpu_check",), device=device)  # warm-up
+    out["rotation_seconds"] = _time(
+        lambda: mixing_matrix("rotation", d, seed=0, key=("gpu_check",), device=device), device, 3
+    )
     out["rotation_vs_cpu"] = float((here.cpu() - on_cpu).abs().max())
     eye = torch.eye(d, dtype=torch.float64, device=device)
     out["rotation_orthogonality"] = float((here @ here.T - eye).abs().max())

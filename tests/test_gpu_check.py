@@ -25,8 +25,8 @@ def test_cpu_smoke_writes_json_and_markdown(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["accuracy"]["float32"] < 1e-6
-    assert report["accuracy"]["rotation_vs_cpu"] == 0.0  # the same device: the same matrix
     assert report["accuracy"]["rotation_orthogonality"] < 1e-13
+    assert report["accuracy"]["rotation_seconds"] > 0
     assert "| check | value |" in (tmp_path / "gpu_check.md").read_text()
     pipes = report["pipelines"]
     assert pipes["exhaustive_s"] > 0 and pipes["screened_s"] > 0 and pipes["forward_s"] > 0

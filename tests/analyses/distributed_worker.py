@@ -46,6 +46,11 @@ CASES = {
         baseline="gaussian_mix",
         memory_budget="1.4MB",
     ),  # fmt: skip
+    # models of 128, 96 and 48 units (family("widths")), 7 passes of a layer or two against one:
+    # each pass reduces some rows of each model, which the ranks deal out
+    "widths": dict(
+        product_dtype="float64", all_pairs=True, keep_matrix="float64", memory_budget="1.3MB"
+    ),
     # the error pass: data-parallel (same shards as the exhaustive run), and after tiles
     "errors": dict(product_dtype="float64", standard_errors=True),
     "tiles_errors": dict(
@@ -58,7 +63,9 @@ KILLED = "tiled"  # the case of the killed run: 3 passes, data-parallel
 PASS0_COPY = "rank1_pass0"  # rank 1's checkpoint in the killed run's first pass
 
 
-def family():
+def family(case: str | None = None):
+    if case == "widths":
+        return [build_model(seed=0), build_model(seed=1, d_mlp=96), build_model(seed=2, d_mlp=48)]
     return [build_model(seed=s) for s in (0, 1, 2)]
 
 
@@ -83,7 +90,7 @@ def cases(out: Path, rank: int) -> None:
     models = family()
     for case in CASES:
         start = time.perf_counter()
-        result = run(models, case)
+        result = run(family(case) if case == "widths" else models, case)
         save(result, out, case, rank, seconds=time.perf_counter() - start)
     ckpt = out / "checkpoint"
     run(models, "float32", checkpoint_dir=ckpt, max_tokens=GROW_FROM)

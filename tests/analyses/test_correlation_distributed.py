@@ -20,7 +20,7 @@ from tl_universality.analyses.correlation.distributed import (
     ShardedSource,
     rank_folder,
 )
-from tl_universality.analyses.correlation.rows import owned_range, row_chunks
+from tl_universality.analyses.correlation.rows import deal_rows, owned_range, row_chunks
 from tl_universality.analyses.correlation.run import load_checkpoint
 from tl_universality.core.errors import CheckpointMismatchError
 from tl_universality.data.tokens import TensorTokenSource
@@ -72,7 +72,7 @@ def killed(tmp_path_factory) -> Path:
 
 
 def single(case: str) -> list[CorrelationResult]:
-    models = worker.family()
+    models = worker.family(case)
     case = {"grown": "float32", "tiles_again": "tiles"}.get(case, case)
     result = worker.run(models, case)
     return result if isinstance(result, list) else [result]
@@ -174,21 +174,27 @@ def test_other_world_size_refused_before_reading(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("world", [1, 2, 3, 7])
 def test_reduction_rows_are_split_disjointly_and_cover_every_row(world: int, monkeypatch) -> None:
-    # a data-parallel rank reduces only its rows; over the ranks every row of every block
-    # (a tile's segment of a model's 23 units) is reduced once, in chunks of at most 12 entries
+    # a data-parallel rank reduces only its share of the rows a pass reduces; over the ranks
+    # every row of every block (a tile's segment of a model's units) is reduced once, in chunks
+    # of at most 12 entries, and the shares are near-equal whatever the pass's rows
     monkeypatch.setattr(rows_module, "FINAL_CHUNK", 12)
-    ranges = [owned_range(23, rank, world) for rank in range(world)]
-    assert ranges[0][0] == 0 and ranges[-1][1] == 23
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
-    for start, stop, offset in ((0, 23, 0), (5, 12, 9), (0, 4, 19), (2, 3, 0)):
-        seen = []
-        for lo, hi in ranges:
-            for r0, r1, model_rows in row_chunks(start, stop, offset, 6, (lo, hi)):
-                assert 0 < r1 - r0 <= 2  # 6 columns: 2 rows of 6 entries a chunk
-                assert model_rows == slice(offset + r0 - start, offset + r1 - start)
-                assert lo <= model_rows.start and model_rows.stop <= hi
-                seen += range(r0, r1)
-        assert sorted(seen) == list(range(start, stop))
+    for spans in ([(0, 23)], [(5, 12), (9, 14)], [(0, 3)], [(2, 4), (19, 23), (40, 41)]):
+        ranges = deal_rows(spans, world)
+        rows = sorted({r for s, e in spans for r in range(s, e)})
+        counts = [sum(lo <= r < hi for r in rows) for lo, hi in ranges]
+        assert sum(counts) == len(rows) and max(counts) - min(counts) <= 1
+        for start, stop in spans:  # a block with these rows, at some place in its tile
+            seen = []
+            for lo, hi in ranges:
+                for r0, r1, model_rows in row_chunks(7, 7 + stop - start, start, 6, (lo, hi)):
+                    assert 0 < r1 - r0 <= 2  # 6 columns: 2 rows of 6 entries a chunk
+                    assert model_rows == slice(start + r0 - 7, start + r1 - 7)
+                    assert lo <= model_rows.start and model_rows.stop <= hi
+                    seen += range(model_rows.start, model_rows.stop)
+            assert sorted(seen) == list(range(start, stop))
+    assert (
+        sum(hi - lo for lo, hi in (owned_range(3, r, 7) for r in range(7))) == 3
+    )  # 3 rows, 7 ranks
 
 
 def test_shards_are_disjoint_and_cover_the_stream() -> None:

@@ -132,7 +132,7 @@ def haar_rotation(
     tau = torch.where(zero, 0.0, (beta - alpha) / beta)
     v = a.div_(torch.where(zero, 1.0, alpha - beta))  # the unit first entries are implied
     v, tau, sign = v.to(device), tau.to(device), torch.sign(beta).to(device)
-    return torch.linalg.householder_product(v, tau) * sign
+    return torch.linalg.householder_product(v, tau).mul_(sign)
 
 
 def mixed_variance(cov_yy: Float[Tensor, "d d"], mix: Float[Tensor, "k d"]) -> Float[Tensor, " k"]:

@@ -12,8 +12,8 @@ mean (exact algebra, :meth:`CrossMoments.reduce_across`); about a common shift t
 additive, so one float64 all-reduce per accumulator gives the pairwise merge of Chan et al. over
 all ranks (extremes with MIN/MAX). Every rank holds every tile of a pass; the reduction at the end
 of a pass (correlations, maxima, top-k, the mixing baselines' ``rows × d × d`` products) is split
-by rows: each rank reduces a contiguous share of every model's units, then takes the other rows
-from their owners (copies, so exact).
+by rows: each rank reduces a near-equal share of the rows the pass reduces, model by model, then
+takes the other rows from their owners (copies; equal to one process to float64 rounding).
 
 Tile-parallel (``"tiles"``). Every rank reads every batch, but accumulates and reduces only its
 own tiles of each pass (the plan deals each pass's tiles to the ranks, and gives each rank the
@@ -217,7 +217,9 @@ def _all_gather(t: Tensor) -> list[Tensor]:
 def _broadcast(t: Tensor, src: int) -> Tensor:
     """Rank ``src``'s ``t`` (a new tensor on ``t``'s device); sent as raw bytes, so exact for
     any dtype."""
-    buf = t.detach().to(_comm_device(t)).contiguous().clone()
+    buf = t.detach().to(_comm_device(t)).contiguous()
+    if buf.data_ptr() == t.data_ptr():
+        buf = buf.clone()  # not copied yet: the broadcast writes into it
     if buf.numel():
         torch.distributed.broadcast(buf.view(torch.uint8), src=src)
     return buf.to(t.device)

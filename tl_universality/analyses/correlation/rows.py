@@ -3,13 +3,38 @@
 The reduction at the end of a pass works on row chunks of each block of the statistics (a
 tile's reference rows against one model's columns) whose ``rows × columns`` entries stay within
 ``FINAL_CHUNK``, the room the plan budgets for it. In a data-parallel run every rank holds the
-merged statistics, so each reduces only its own contiguous share of every model's rows
-(:func:`owned_range`) and then takes the others from their owners.
+merged statistics, so each reduces only its own share of the rows the pass reduces, model by
+model (:func:`deal_rows`), and then takes the others from their owners.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
+
 from tl_universality.analyses.correlation.plan import FINAL_CHUNK
+
+
+def deal_rows(spans: Sequence[tuple[int, int]], ranks: int) -> list[tuple[int, int]]:
+    """Each rank's rows ``[lo, hi)`` among the rows of ``spans`` (ranges ``[start, stop)``,
+    possibly overlapping): the sorted rows cut into ``ranks`` near-equal runs, rank ``k``'s run
+    given by its first and past-its-last row; ``(0, 0)`` for a rank with none. A row of a span
+    lies in exactly one rank's range.
+
+    Examples:
+        >>> deal_rows([(0, 4), (10, 14)], 2)
+        [(0, 4), (10, 14)]
+        >>> deal_rows([(0, 4), (10, 14)], 3)
+        [(0, 2), (2, 11), (11, 14)]
+    """
+    rows = torch.cat([torch.arange(s, e) for s, e in spans] or [torch.zeros(0, dtype=torch.long)])
+    rows = rows.unique()  # sorted
+    out = []
+    for k in range(ranks):
+        i0, i1 = owned_range(rows.numel(), k, ranks)
+        out.append((int(rows[i0]), int(rows[i1 - 1]) + 1) if i1 > i0 else (0, 0))
+    return out
 
 
 def owned_range(n: int, rank: int, ranks: int) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from tl_universality.analyses.correlation.plan import (
     Tile,
 )
 from tl_universality.analyses.correlation.result import CorrelationResult
-from tl_universality.analyses.correlation.rows import owned_range, row_chunks
+from tl_universality.analyses.correlation.rows import deal_rows, row_chunks
 from tl_universality.analyses.correlation.summary import Summary
 from tl_universality.core.errors import (
     CorruptCacheError,
@@ -111,6 +111,7 @@ class CorrelationRun:
     ) -> None:
         self.plan, self.indices, self.rank = plan, list(indices), rank
         self.row_ranks = row_ranks
+        self._dealt: dict[int, list[tuple[int, int]]] = {}  # this pass's rows of each rank
         # A screening run (stage 1 of ``candidates=K``) also keeps the K most anti-correlated
         # units, the co-moments of both lists, and every unit's mean and sum of squares; with
         # ``follow=B`` each row's B + 1 best mixed units of every draw too.
@@ -271,6 +272,8 @@ class CorrelationRun:
     def finish_pass(self) -> None:
         assert self.stats is not None
         tiles = self.pass_tiles()
+        if self.row_ranks > 1:
+            self._deal(tiles)
         grams: dict[tuple[int, int], tuple[CrossMoments, str, int]] = {}
         for tile, stats in zip(tiles, self.stats, strict=True):
             for k, h in enumerate(tile.a_grams):
@@ -308,13 +311,27 @@ class CorrelationRun:
             self._mixing_baselines(mixed, gram)
         self.stats = None
 
+    def _deal(self, tiles: Sequence[Tile]) -> None:
+        """Deal the rows of every model that this pass reduces (both directions of its blocks)
+        to the ranks (:func:`deal_rows`)."""
+        spans: dict[int, list[tuple[int, int]]] = {}
+        for tile in tiles:
+            a_seg, b_segs = self._segments(tile)
+            spans.setdefault(a_seg.model, []).append((a_seg.offset, a_seg.offset + tile.n_a))
+            for seg in b_segs:
+                if (seg.model, a_seg.model) in self.summaries:
+                    span = (seg.offset, seg.offset + seg.stop - seg.start)
+                    spans.setdefault(seg.model, []).append(span)
+        self._dealt = {m: deal_rows(s, self.row_ranks) for m, s in spans.items()}
+
     def owned_rows(self, model: int, rank: int | None = None) -> tuple[int, int]:
-        """The rows ``[lo, hi)`` of ``model`` that ``rank`` (default this one) reduces: all of
-        them unless the rows are split (a tile-parallel rank reduces whole tiles)."""
-        n = self.indices[model].n_units
+        """The rows ``[lo, hi)`` of ``model`` that ``rank`` (default this one) reduces in this
+        pass: all of them unless the rows are split (a tile-parallel rank reduces whole tiles)."""
         if self.row_ranks == 1:
-            return 0, n
-        return owned_range(n, self.rank if rank is None else rank, self.row_ranks)
+            return 0, self.indices[model].n_units
+        return self._dealt.get(model, [(0, 0)] * self.row_ranks)[
+            self.rank if rank is None else rank
+        ]
 
     def _chunks(self, rows: _Segment, cols: _Segment) -> list[tuple[int, int, slice]]:
         """This rank's row chunks of the block ``rows × cols`` (see :func:`row_chunks`)."""
@@ -427,25 +444,32 @@ class CorrelationRun:
     # -- runs over several ranks ---------------------------------------------------------------
 
     def share_rows(self, broadcast: Callable[[Tensor, int], Tensor]) -> None:
-        """After a data-parallel pass whose ranks each reduced their own rows: every row of every
-        reduction from the rank that reduced it (``broadcast(t, src)`` returns rank ``src``'s
-        ``t``; every rank calls this), so every rank ends with what one process has. The rows
-        are copied, not combined: exact."""
+        """After a data-parallel pass whose ranks each reduced their own rows: the rows of every
+        reduction from the rank that reduced them (``broadcast(t, src)`` returns rank ``src``'s
+        ``t``; every rank calls this), so every rank ends with the same reductions, those of one
+        process to float64 rounding (copied, not combined; the row chunks differ). Kept
+        matrices go block by block in the reduction's row chunks, as in :meth:`merge_ranks`."""
         if self.row_ranks == 1:
             return
         for (r, _), summary in self.summaries.items():
             for name in summary.fields():
-                self._share(getattr(summary, name), Summary.row_dim(name), r, broadcast)
-        for (i, _), matrix in (self.matrices or {}).items():
-            self._share(matrix, 0, i, broadcast)
-
-    def _share(
-        self, full: Tensor, dim: int, model: int, broadcast: Callable[[Tensor, int], Tensor]
-    ) -> None:
-        for k in range(self.row_ranks):
-            lo, hi = self.owned_rows(model, k)
-            part = full.narrow(dim, lo, hi - lo)
-            part.copy_(broadcast(part.contiguous(), k))
+                full, dim = getattr(summary, name), Summary.row_dim(name)
+                for k in range(self.row_ranks):
+                    lo, hi = self.owned_rows(r, k)
+                    part = full.narrow(dim, lo, hi - lo)
+                    part.copy_(broadcast(part.contiguous(), k))
+        for tile in self.pass_tiles() if self.matrices is not None else ():
+            a_seg, b_segs = self._segments(tile)
+            for seg in b_segs:
+                matrix = self.matrices[(a_seg.model, seg.model)]  # type: ignore[index]
+                cols, width = (
+                    slice(seg.offset, seg.offset + seg.stop - seg.start),
+                    seg.stop - seg.start,
+                )
+                for k in range(self.row_ranks):
+                    owned = self.owned_rows(a_seg.model, k)
+                    for *_, rows in row_chunks(0, tile.n_a, a_seg.offset, width, owned):
+                        matrix[rows, cols] = broadcast(matrix[rows, cols].contiguous(), k)
 
     def merge_ranks(
         self,
