@@ -56,7 +56,7 @@ def accuracy(device: torch.device, shape: dict) -> dict[str, float]:
     # matrix as on the CPU to float64 rounding, and orthogonal there
     d = 3072 if device.type == "cuda" else 64
     on_cpu = mixing_matrix("rotation", d, seed=0, key=("gpu_check",))
-    here = mixing_matrix("rotation", d, seed=0, key=("gpu_check",), device=device)  # warm-up
+    here = mixing_matrix("rotation", d, seed=0, key=("gpu_check",), device=device)
     out["rotation_seconds"] = _time(
         lambda: mixing_matrix("rotation", d, seed=0, key=("gpu_check",), device=device), device, 3
     )

@@ -20,6 +20,11 @@ from tests.helpers import build_model, random_tokens
 from tl_universality.analyses.correlation import correlate
 from tl_universality.analyses.correlation.distributed import init_from_env
 
+# kept matrices of all pairs over several passes, in both modes
+MATRIX = dict(
+    product_dtype="float64", all_pairs=True, keep_matrix="float64", baseline="gaussian_mix",
+    memory_budget="1.4MB",
+)  # fmt: skip
 # name -> correlate keywords; the test runs the same ones in one process.
 CASES = {
     "float32": dict(product_dtype="float32"),
@@ -30,22 +35,9 @@ CASES = {
     "tiles_float32": dict(product_dtype="float32", parallel="tiles", memory_budget="600KB"),
     # no budget: the tiles spread over the ranks in one pass; all pairs need side A's grams too
     "tiles_pairs": dict(product_dtype="float64", parallel="tiles", all_pairs=True),
-    "tiles_matrix": dict(
-        product_dtype="float64",
-        parallel="tiles",
-        all_pairs=True,
-        keep_matrix="float64",
-        baseline="gaussian_mix",
-        memory_budget="1.4MB",
-    ),  # fmt: skip
+    "tiles_matrix": dict(MATRIX, parallel="tiles"),
     # data-parallel, kept matrices and all pairs: each rank reduces its rows, then shares them
-    "matrix": dict(
-        product_dtype="float64",
-        all_pairs=True,
-        keep_matrix="float64",
-        baseline="gaussian_mix",
-        memory_budget="1.4MB",
-    ),  # fmt: skip
+    "matrix": MATRIX,
     # models of 128, 96 and 48 units (family("widths")), 7 passes of a layer or two against one:
     # each pass reduces some rows of each model, which the ranks deal out
     "widths": dict(

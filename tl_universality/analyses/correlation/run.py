@@ -80,6 +80,7 @@ class _Segment:
 
 #: A layer's columns in one block of a pass: statistics, row and column segments, column range.
 _Use = tuple[CrossMoments, _Segment, _Segment, int, int]
+Broadcast = Callable[[Tensor, int], Tensor]  # broadcast(t, src): rank src's t, on every rank
 
 
 class CorrelationRun:
@@ -443,7 +444,7 @@ class CorrelationRun:
 
     # -- runs over several ranks ---------------------------------------------------------------
 
-    def share_rows(self, broadcast: Callable[[Tensor, int], Tensor]) -> None:
+    def share_rows(self, broadcast: Broadcast) -> None:
         """After a data-parallel pass whose ranks each reduced their own rows: the rows of every
         reduction from the rank that reduced them (``broadcast(t, src)`` returns rank ``src``'s
         ``t``; every rank calls this), so every rank ends with the same reductions, those of one
@@ -459,22 +460,27 @@ class CorrelationRun:
                     part = full.narrow(dim, lo, hi - lo)
                     part.copy_(broadcast(part.contiguous(), k))
         for tile in self.pass_tiles() if self.matrices is not None else ():
-            a_seg, b_segs = self._segments(tile)
-            for seg in b_segs:
-                matrix = self.matrices[(a_seg.model, seg.model)]  # type: ignore[index]
-                cols, width = (
-                    slice(seg.offset, seg.offset + seg.stop - seg.start),
-                    seg.stop - seg.start,
-                )
-                for k in range(self.row_ranks):
-                    owned = self.owned_rows(a_seg.model, k)
-                    for *_, rows in row_chunks(0, tile.n_a, a_seg.offset, width, owned):
-                        matrix[rows, cols] = broadcast(matrix[rows, cols].contiguous(), k)
+            held = [(k, self.owned_rows(tile.reference, k)) for k in range(self.row_ranks)]
+            self._send_kept(tile, held, broadcast)
+
+    def _send_kept(
+        self, tile: Tile, held: Sequence[tuple[int, tuple[int, int]]], broadcast: Broadcast
+    ) -> None:
+        """The kept matrix blocks of ``tile`` on every rank, each rank ``src`` of ``held``
+        sending its rows ``(lo, hi)`` of the reference, in the reduction's row chunks."""
+        a_seg, b_segs = self._segments(tile)
+        for seg in b_segs:
+            matrix = self.matrices[(a_seg.model, seg.model)]  # type: ignore[index]
+            width = seg.stop - seg.start
+            cols = slice(seg.offset, seg.offset + width)
+            for src, owned in held:
+                for *_, rows in row_chunks(0, tile.n_a, a_seg.offset, width, owned):
+                    matrix[rows, cols] = broadcast(matrix[rows, cols].contiguous(), src)
 
     def merge_ranks(
         self,
         gather: Callable[[Tensor], list[Tensor]],
-        broadcast: Callable[[Tensor, int], Tensor],
+        broadcast: Broadcast,
     ) -> None:
         """Combine the reductions of ranks that each reduced their own tiles, exactly.
 
@@ -496,14 +502,8 @@ class CorrelationRun:
             self.means[m] = torch.stack(gather(self.means[m])).gather(0, pick)[0]
         self.n_tokens = max(int(n) for n in gather(torch.tensor([self.n_tokens])))
         for t, tile in enumerate(self.plan.tiles if self.matrices is not None else ()):
-            a_seg, b_segs = self._segments(tile)
-            for seg in b_segs:
-                matrix = self.matrices[(a_seg.model, seg.model)]  # type: ignore[index]
-                cols = slice(seg.offset, seg.offset + seg.stop - seg.start)
-                every = (0, matrix.shape[0])
-                for *_, rows in row_chunks(0, tile.n_a, a_seg.offset, seg.stop - seg.start, every):
-                    block = matrix[rows, cols].contiguous()
-                    matrix[rows, cols] = broadcast(block, self.plan.owners[t])
+            every = (0, self.indices[tile.reference].n_units)
+            self._send_kept(tile, [(self.plan.owners[t], every)], broadcast)
 
     # -- results -------------------------------------------------------------------------------
 
