@@ -235,7 +235,8 @@ def test_train_sae_caches_reconstructs_and_rebuilds(tmp_path, monkeypatch):
     assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG is untouched
     assert isinstance(sae, sae_lens.StandardSAE) and not sae.training
     assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.metadata.hook_name) == (32, 64, hook)
-    folder = tmp_path / next(p.name for p in tmp_path.iterdir())
+    (folder,) = (p for p in tmp_path.iterdir() if not p.name.startswith("."))  # not the lock
+    assert (tmp_path / f".{folder.name}.lock").is_file()
     assert {p.name for p in folder.iterdir()} == {"cfg.json", "sae_weights.safetensors",
                                                   "train.json", "manifest.json"}  # fmt: skip
 
@@ -278,7 +279,7 @@ def test_train_sae_caches_reconstructs_and_rebuilds(tmp_path, monkeypatch):
 
     # Other settings are another cache entry.
     train_sae(model, train, hook, **{**settings, "total_tokens": 2048})
-    assert len(list(tmp_path.iterdir())) == 2
+    assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 2
 
 
 def test_train_sae_rejects_bad_hooks_and_architectures(tmp_path):

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from tl_universality.core.cache import cache_root, stable_hash
+from tl_universality.core.cache import build_lock, cache_root, stable_hash
 from tl_universality.core.errors import CorruptCacheError
 from tl_universality.core.saving import open_saved, read_manifest, save_folder
 
@@ -150,20 +150,21 @@ def corpus_path(include_source: bool = False) -> Path:
     """
     folder = cache_root() / "corpus" / stable_hash(corpus_key(include_source))
     path = folder / "corpus.jsonl"
-    try:
-        _corpus_meta(folder)
-        return path
-    except CorruptCacheError as err:
-        if folder.exists():
-            warnings.warn(f"{err} Rebuilding the corpus cache.", stacklevel=2)
-    docs = _gather_documents(include_source)
-    info = dict(corpus_key(include_source), n_documents=len(docs))
-    info["n_characters"] = sum(len(d) for d in docs)
-    with save_folder(folder, _CORPUS_TAG, _CORPUS_FORMAT, meta=info) as out:
-        with open(out.add_file("corpus.jsonl"), "w", encoding="utf-8") as f:
-            for doc in docs:
-                f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
-        out.write_json("info", info)
+    with build_lock(folder):  # another process building it: wait, then read what it built
+        try:
+            _corpus_meta(folder)
+            return path
+        except CorruptCacheError as err:
+            if folder.exists():
+                warnings.warn(f"{err} Rebuilding the corpus cache.", stacklevel=2)
+        docs = _gather_documents(include_source)
+        info = dict(corpus_key(include_source), n_documents=len(docs))
+        info["n_characters"] = sum(len(d) for d in docs)
+        with save_folder(folder, _CORPUS_TAG, _CORPUS_FORMAT, meta=info) as out:
+            with open(out.add_file("corpus.jsonl"), "w", encoding="utf-8") as f:
+                for doc in docs:
+                    f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
+            out.write_json("info", info)
     return path
 
 
@@ -326,11 +327,12 @@ def train_tokenizer(
         model_max_length=1_000_000,  # the model's n_ctx limits length, not the tokenizer
     )
     meta = {"vocab_size": int(vocab_size), "include_source": bool(include_source)}
-    with save_folder(folder, _TOKENIZER_TAG, _TOKENIZER_FORMAT, meta=meta) as out:
-        wrapped.save_pretrained(str(out.root))
-        for file in sorted(out.root.iterdir()):
-            out.add_file(file.name)  # checksummed as they are
-    return _reload(folder)
+    with build_lock(folder):  # not while another process reads or writes it
+        with save_folder(folder, _TOKENIZER_TAG, _TOKENIZER_FORMAT, meta=meta) as out:
+            wrapped.save_pretrained(str(out.root))
+            for file in sorted(out.root.iterdir()):
+                out.add_file(file.name)  # checksummed as they are
+        return _reload(folder)
 
 
 def load_default_tokenizer(
@@ -351,13 +353,14 @@ def load_default_tokenizer(
         (512, '<|endoftext|>', 'def f(x):')
     """
     folder = tokenizer_folder(vocab_size, include_source)
-    if folder.exists():
-        try:
-            return _reload(folder)
-        except CorruptCacheError as err:
-            # A broken cache entry is rebuilt: training is cheap and deterministic.
-            warnings.warn(f"{err} Retraining the tokenizer cache.", stacklevel=2)
-    return train_tokenizer(vocab_size, include_source=include_source)
+    with build_lock(folder):  # another process training it: wait, then load what it saved
+        if folder.exists():
+            try:
+                return _reload(folder)
+            except CorruptCacheError as err:
+                # A broken cache entry is rebuilt: training is cheap and deterministic.
+                warnings.warn(f"{err} Retraining the tokenizer cache.", stacklevel=2)
+        return train_tokenizer(vocab_size, include_source=include_source)
 
 
 def timed_tokenizer(vocab_size: int = 4096, *, include_source: bool = False) -> dict:

@@ -254,7 +254,7 @@ def train_sae(
     from sae_lens.saes.sae import SAEMetadata
     from sae_lens.training.sae_trainer import SAETrainer
 
-    from tl_universality.core.cache import cache_root, stable_hash
+    from tl_universality.core.cache import build_lock, cache_root, stable_hash
     from tl_universality.core.errors import CorruptCacheError
     from tl_universality.core.protocol import model_name
     from tl_universality.core.saving import save_folder
@@ -331,92 +331,94 @@ def train_sae(
     }
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "saes"
     folder = root / f"{hook_name}-{architecture}-{d_sae}-{stable_hash(key)}"
-    if folder.exists():
-        try:
-            sae = _load_cached_sae(folder, key, device)
-            sae.cfg.metadata.cache_folder = str(folder)
-            return sae.eval()
-        except CorruptCacheError as err:
-            warnings.warn(
-                f"The cached SAE in {folder} is incomplete or damaged ({err}); retraining it.",
-                stacklevel=2,
-            )
+    # Another process training this SAE (a torchrun rank, another job): wait, then load it.
+    with build_lock(folder, quiet=not progress):
+        if folder.exists():
+            try:
+                sae = _load_cached_sae(folder, key, device)
+                sae.cfg.metadata.cache_folder = str(folder)
+                return sae.eval()
+            except CorruptCacheError as err:
+                warnings.warn(
+                    f"The cached SAE in {folder} is incomplete or damaged ({err}); retraining it.",
+                    stacklevel=2,
+                )
 
-    metadata = SAEMetadata(
-        hook_name=hook_name,
-        model_name=model_name(model),
-        context_size=data.shape[1],
-        prepend_bos=True,
-        dataset_path=source.name,
-    )
-    start = time.perf_counter()
-    # Seeded without touching the caller's global RNG (sae-lens initialises from it).
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sae_cfg = config_cls(
-            d_in=d_in,
-            d_sae=int(d_sae),
-            device=device,
-            # The trainer applies our scale (set below) and folds it into the weights at the end.
-            normalize_activations="expected_average_only_in" if normalize else "none",
-            # Attention z has a head axis; the inference SAE flattens it (training data is flat).
-            reshape_activations="hook_z" if hook_name.endswith("hook_z") else "none",
-            metadata=metadata,
-            **arch,
+        metadata = SAEMetadata(
+            hook_name=hook_name,
+            model_name=model_name(model),
+            context_size=data.shape[1],
+            prepend_bos=True,
+            dataset_path=source.name,
         )
-        training_sae = training_cls(sae_cfg)
-        generator = torch.Generator().manual_seed(seed)
-        provider = _shuffled_batches(
-            model,
-            data_source,
-            hook_name,
-            batch_size=batch_size,
-            buffer_size=buffer_size,
-            generator=generator,
-            model_batch_size=model_batch_size,
-        )
-        trainer_cfg = SAETrainerConfig(
-            total_training_samples=steps * batch_size,
-            train_batch_size_samples=batch_size,
-            lr=lr,
-            lr_end=lr,  # the decay runs linearly from lr to 0
-            lr_warm_up_steps=steps // 20,
-            lr_decay_steps=steps // 5,
-            device=device,
-            dead_feature_window=max(1, steps // 4),
-            feature_sampling_window=max(1, steps),
-        )
-        trainer = SAETrainer(cfg=trainer_cfg, sae=training_sae, data_provider=provider)
-        # Start statistics from a few batches (consumed, as sae-lens's own norm estimate would).
-        sample = torch.cat([next(provider) for _ in range(min(20, max(1, steps // 10)))])
-        mean = sample.mean(0)
-        scale = 1.0
-        if normalize:
-            spread = float((sample - mean).pow(2).sum(-1).mean())
-            scale = math.sqrt(d_in / spread) if spread > 0 else 1.0
-            trainer.activation_scaler.scaling_factor = scale
-        with torch.no_grad():
-            training_sae.b_dec.copy_(mean * scale)
-        with _quiet_sae_lens(not progress):
-            trainer.fit()
-    record = {
-        "key": key,
-        "train_seconds": time.perf_counter() - start,
-        "l0": training_sae.cfg.metadata.l0,
-        "num_dead_features": training_sae.cfg.metadata.num_dead_features,
-        "n_training_tokens": trainer.n_training_samples,
-        "model_name": model_name(model),
-        "sae_lens_version": training_sae.cfg.metadata.sae_lens_version,
-    }
-    with save_folder(folder, _SAE_TAG, _SAE_FORMAT, meta={"key": key}) as out:
-        training_sae.save_inference_model(out.root)
-        for file in sorted(out.root.iterdir()):
-            out.add_file(file.name)  # sae-lens's files, checksummed as written
-        out.write_json(_RECORD.removesuffix(".json"), record)
-    # Return what the cache holds, so a first and a later call give identical objects.
-    sae = _load_cached_sae(folder, key, device)
-    sae.cfg.metadata.cache_folder = str(folder)
-    return sae.eval()
+        start = time.perf_counter()
+        # Seeded without touching the caller's global RNG (sae-lens initialises from it).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            sae_cfg = config_cls(
+                d_in=d_in,
+                d_sae=int(d_sae),
+                device=device,
+                # The trainer applies our scale (set below), folds it into the weights at the end.
+                normalize_activations="expected_average_only_in" if normalize else "none",
+                # Attention z has a head axis; the inference SAE flattens it (training data: flat).
+                reshape_activations="hook_z" if hook_name.endswith("hook_z") else "none",
+                metadata=metadata,
+                **arch,
+            )
+            training_sae = training_cls(sae_cfg)
+            generator = torch.Generator().manual_seed(seed)
+            provider = _shuffled_batches(
+                model,
+                data_source,
+                hook_name,
+                batch_size=batch_size,
+                buffer_size=buffer_size,
+                generator=generator,
+                model_batch_size=model_batch_size,
+            )
+            trainer_cfg = SAETrainerConfig(
+                total_training_samples=steps * batch_size,
+                train_batch_size_samples=batch_size,
+                lr=lr,
+                lr_end=lr,  # the decay runs linearly from lr to 0
+                lr_warm_up_steps=steps // 20,
+                lr_decay_steps=steps // 5,
+                device=device,
+                dead_feature_window=max(1, steps // 4),
+                feature_sampling_window=max(1, steps),
+            )
+            trainer = SAETrainer(cfg=trainer_cfg, sae=training_sae, data_provider=provider)
+            # Start statistics from a few batches (consumed, as sae-lens's own norm estimate would).
+            sample = torch.cat([next(provider) for _ in range(min(20, max(1, steps // 10)))])
+            mean = sample.mean(0)
+            scale = 1.0
+            if normalize:
+                spread = float((sample - mean).pow(2).sum(-1).mean())
+                scale = math.sqrt(d_in / spread) if spread > 0 else 1.0
+                trainer.activation_scaler.scaling_factor = scale
+            with torch.no_grad():
+                training_sae.b_dec.copy_(mean * scale)
+            with _quiet_sae_lens(not progress):
+                trainer.fit()
+        record = {
+            "key": key,
+            "train_seconds": time.perf_counter() - start,
+            "l0": training_sae.cfg.metadata.l0,
+            "num_dead_features": training_sae.cfg.metadata.num_dead_features,
+            "n_training_tokens": trainer.n_training_samples,
+            "model_name": model_name(model),
+            "sae_lens_version": training_sae.cfg.metadata.sae_lens_version,
+        }
+        with save_folder(folder, _SAE_TAG, _SAE_FORMAT, meta={"key": key}) as out:
+            training_sae.save_inference_model(out.root)
+            for file in sorted(out.root.iterdir()):
+                out.add_file(file.name)  # sae-lens's files, checksummed as written
+            out.write_json(_RECORD.removesuffix(".json"), record)
+        # Return what the cache holds, so a first and a later call give identical objects.
+        sae = _load_cached_sae(folder, key, device)
+        sae.cfg.metadata.cache_folder = str(folder)
+        return sae.eval()
 
 
 def train_family_saes(

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tl_universality.core.cache import cache_root, stable_hash
+from tl_universality.core.cache import build_lock, cache_root, stable_hash
 from tl_universality.core.errors import CorruptCacheError
 from tl_universality.core.saving import atomic_write_json
 from tl_universality.data.corpus import corpus_info, corpus_key, load_default_tokenizer
@@ -295,26 +295,38 @@ def train_seed_family(
         fingerprint = _fingerprint(torch.cat([custom[0].flatten(), custom[1].flatten()]))
 
     folder = family_folder(config, cache_dir=cache_dir, data_fingerprint=fingerprint)
-    if folder.exists():
-        try:
-            family = _load_family(folder, config, device)
-            final = [read_train_record(folder / f"seed{s}") for s in config.seeds]
-            if not any(
-                _missing_checkpoints(folder, steps, s, r)
-                for s, r in zip(config.seeds, final, strict=True)
-            ):
-                if custom is not None:
-                    family._train_source = TensorTokenSource(custom[0], base_tokenizer.bos_token_id)
-                return family
-        except CorruptCacheError as err:
-            warnings.warn(
-                f"The cached seed family in {folder} is incomplete or damaged ({err}); "
-                f"rebuilding the broken parts.",
-                stacklevel=2,
-            )
-    return _build(
-        config, folder, base_tokenizer, custom, fingerprint, steps, progress, device, num_threads
-    )
+    # Another process training this family (a torchrun rank, another job): wait, then load it.
+    with build_lock(folder, quiet=not progress):
+        if folder.exists():
+            try:
+                family = _load_family(folder, config, device)
+                final = [read_train_record(folder / f"seed{s}") for s in config.seeds]
+                if not any(
+                    _missing_checkpoints(folder, steps, s, r)
+                    for s, r in zip(config.seeds, final, strict=True)
+                ):
+                    if custom is not None:
+                        family._train_source = TensorTokenSource(
+                            custom[0], base_tokenizer.bos_token_id
+                        )
+                    return family
+            except CorruptCacheError as err:
+                warnings.warn(
+                    f"The cached seed family in {folder} is incomplete or damaged ({err}); "
+                    f"rebuilding the broken parts.",
+                    stacklevel=2,
+                )
+        return _build(
+            config,
+            folder,
+            base_tokenizer,
+            custom,
+            fingerprint,
+            steps,
+            progress,
+            device,
+            num_threads,
+        )
 
 
 def _repair_base(
@@ -547,16 +559,17 @@ def load_seed_family(
     if checkpoint is not None:
         check_steps([checkpoint], config)
     folder = family_folder(config, cache_dir=cache_dir)
-    if not (folder / "family.json").is_file():
-        raise FileNotFoundError(
-            f"No cached seed family {config.name!r} in {folder}. Fix: run "
-            f"tl_universality.data.seeds.train_seed_family({config.name!r}) once (it trains and "
-            f"caches it)."
-        )
-    try:
-        return _load_family(folder, config, device, checkpoint)
-    except CorruptCacheError as err:
-        raise CorruptCacheError(
-            f"The cached seed family in {folder} is damaged ({err}). Fix: run "
-            f"train_seed_family({config.name!r}), which rebuilds only the broken parts."
-        ) from err
+    with build_lock(folder):  # not while another process trains or repairs it
+        if not (folder / "family.json").is_file():
+            raise FileNotFoundError(
+                f"No cached seed family {config.name!r} in {folder}. Fix: run "
+                f"tl_universality.data.seeds.train_seed_family({config.name!r}) once (it trains"
+                f" and caches it)."
+            )
+        try:
+            return _load_family(folder, config, device, checkpoint)
+        except CorruptCacheError as err:
+            raise CorruptCacheError(
+                f"The cached seed family in {folder} is damaged ({err}). Fix: run "
+                f"train_seed_family({config.name!r}), which rebuilds only the broken parts."
+            ) from err
