@@ -65,6 +65,32 @@ def test_correlate_matches_numpy(results, tiny_family):
         np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+def test_correlate_under_torchrun_equals_one_process(results, tmp_path):
+    """``torchrun --nproc_per_node 2 -m tl_universality correlate`` (gloo): the same result as
+    the one-process command, written once, by rank 0."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    exe = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the session's cache: the family is trained
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    cmd = [exe, "--standalone", "--nproc_per_node", "2", "-m", "tl_universality", "correlate",
+           "--family", "tiny", "--out", str(tmp_path), "--max-tokens", str(MAX_TOKENS)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # rank 0 alone prints the plan, shows the progress and writes the outputs
+    assert done.stderr.count("Correlation plan:") == 1 and done.stdout.count("saved to") == 1
+    got = CorrelationResult.load(tmp_path / report.CORRELATION_DIR)
+    want = CorrelationResult.load(results / report.CORRELATION_DIR)
+    assert got.config["world_size"] == 2 and want.config.get("world_size", 1) == 1
+    assert got.n_tokens == want.n_tokens
+    for name in ("max_corr", "min_corr", "baseline_max"):
+        g, w = getattr(got, name), getattr(want, name)
+        assert torch.equal(g.isnan(), w.isnan()), name
+        assert float((g - w).nan_to_num(0).abs().max()) <= 1e-9, name
+
+
 def test_stats_table(results, tiny_family):
     table = pd.read_parquet(results / report.NEURON_TABLE)
     model = tiny_family.models[0]

@@ -187,7 +187,8 @@ def correlate(
         config: All the settings above as one :class:`CorrelationConfig` (the keywords are
             turned into one otherwise; passing both is an error where they disagree).
         names: Labels of ``[model, *others]`` in tables (default their ``cfg.model_name``).
-        progress: Show progress bars and print the plan; False is quiet.
+        progress: Show progress bars and print the plan (under ``torchrun``, on rank 0 only);
+            False is quiet.
         callback: Called with a :class:`CorrelationProgress` after every batch.
 
     Returns:
@@ -232,7 +233,8 @@ def correlate(
     stream = resolve_tokens(tokens, models, seq_len=cfg.seq_len, bos_token_id=bos_token_id)
     indices = [unit_index(m, s) for m, s in zip(models, specs, strict=True)]
     weights = [weights_digest(m) for m in models]
-    setup = Setup(models, specs, indices, weights, labels, dev, stream, folder, progress, callback)
+    shown = progress and current_shard().rank == 0  # under torchrun, rank 0 shows the bars
+    setup = Setup(models, specs, indices, weights, labels, dev, stream, folder, shown, callback)
     if cfg.candidates is not None:
         from tl_universality.analyses.correlation.screened import correlate_screened
 
@@ -311,7 +313,7 @@ def run_exhaustive(
     )
     if progress:  # the plan before the work starts; quiet runs still log it
         print(plan, file=sys.stderr)
-    else:
+    elif shard.rank == 0:  # the other ranks run the same plan
         logger.info("%s", plan)
 
     run = CorrelationRun(
