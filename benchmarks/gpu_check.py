@@ -7,8 +7,10 @@ Usage::
     python benchmarks/gpu_check.py OUT_DIR            # on a CUDA machine, <= 8 minutes
     python benchmarks/gpu_check.py OUT_DIR --cpu-smoke  # tiny shapes on CPU (tests the script)
 
-Writes ``OUT_DIR/gpu_check.json`` and ``OUT_DIR/gpu_check.md``. Installs nothing, needs no network.
-Without CUDA (and without ``--cpu-smoke``) it exits with one line.
+Writes ``OUT_DIR/gpu_check.json`` and ``OUT_DIR/gpu_check.md`` after every section, so a run cut
+short keeps what it measured; a section that raises records its error and the others still run
+(the exit status is then 1). Installs nothing, needs no network. Without CUDA (and without
+``--cpu-smoke``) it exits with one line.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ PRODUCTS = ("float32", "tf32", "bfloat16")
 # GPT-2 small: 12 layers x 3072 neurons; one tile of 4 layers against 4 layers, 8 x 128 tokens.
 FULL = dict(n_a=4 * 3072, n_b=4 * 3072, tokens=1024, batches=6)
 SMOKE = dict(n_a=256, n_b=192, tokens=128, batches=3)
+SECTIONS = ("accuracy", "throughput", "pipelines", "nccl_merge")
 
 
 def accuracy(device: torch.device, shape: dict) -> dict[str, float]:
@@ -152,29 +154,41 @@ def pipelines(device: torch.device, smoke: bool) -> dict[str, float]:
     return out
 
 
-def nccl_merge(folder: Path) -> dict[str, object]:
-    """The 2-process distributed test, with NCCL, when there are 2 GPUs."""
+def nccl_merge() -> dict[str, object]:
+    """The 2-process distributed tests (tests/analyses/test_correlation_distributed.py: every
+    rank's result against one process), with NCCL, when there are 2 GPUs: ``init_from_env``
+    picks NCCL wherever CUDA is available."""
     if torch.cuda.device_count() < 2:
         return {"skipped": f"{torch.cuda.device_count()} GPU(s); the NCCL merge needs 2"}
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    script = ROOT / "tests" / "analyses" / "distributed_worker.py"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    tests = str(ROOT / "tests" / "analyses" / "test_correlation_distributed.py")
     start = time.perf_counter()
     done = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(folder / "nccl")],
-        env=env, capture_output=True, text=True, timeout=240,
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", tests],
+        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     return {"returncode": done.returncode, "seconds": time.perf_counter() - start,
             "tail": (done.stdout + done.stderr)[-2000:]}  # fmt: skip
 
 
+def _cell(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float | int) else str(value)[:200]
+
+
 def markdown(report: dict) -> str:
     lines = [f"# GPU check ({report['device']})", "", "| check | value |", "|---|---|"]
-    for group in ("accuracy", "throughput", "pipelines"):
-        for key, value in report[group].items():
-            lines.append(f"| {group}: {key} | {value:.3g} |")
-    lines.append(f"| nccl merge | {json.dumps(report['nccl_merge'])[:200]} |")
+    for group in SECTIONS:
+        for key, value in report.get(group, {"not run": "-"}).items():
+            lines.append(f"| {group}: {key} | {_cell(value)} |")
+    for group, seconds in report["section_seconds"].items():
+        lines.append(f"| seconds: {group} | {seconds:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _write(report: dict, out: Path) -> None:
+    """Both files after every section: a run cut short keeps what it measured."""
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+    (out / "gpu_check.md").write_text(markdown(report))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,19 +205,33 @@ def main(argv: list[str] | None = None) -> int:
     shape = SMOKE if args.cpu_smoke else FULL
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    report = {
+    report: dict = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)",
         "shape": shape,
-        "accuracy": accuracy(device, shape),
-        "throughput": throughput(device, shape),
-        "pipelines": pipelines(device, args.cpu_smoke),
-        "nccl_merge": {"skipped": "cpu smoke"} if args.cpu_smoke else nccl_merge(args.out),
+        "section_seconds": {},
     }
+    sections = {
+        "accuracy": lambda: accuracy(device, shape),
+        "throughput": lambda: throughput(device, shape),
+        "pipelines": lambda: pipelines(device, args.cpu_smoke),
+        "nccl_merge": (lambda: {"skipped": "cpu smoke"}) if args.cpu_smoke else nccl_merge,
+    }
+    failed = []
+    for name in SECTIONS:
+        began = time.perf_counter()
+        try:
+            report[name] = sections[name]()
+        except Exception as err:  # device time is scarce: one broken section spares the rest
+            report[name] = {"error": f"{type(err).__name__}: {err}"}
+            failed.append(name)
+        report["section_seconds"][name] = time.perf_counter() - began
+        _write(report, args.out)
     report["seconds"] = time.perf_counter() - start
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
-    (args.out / "gpu_check.md").write_text(markdown(report))
+    _write(report, args.out)
     print(markdown(report))
-    return 0
+    if failed:
+        print(f"gpu_check: sections {failed} failed; see their 'error' entries.", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -39,3 +39,23 @@ def test_without_cuda_one_clear_line(tmp_path: Path) -> None:
     done = run(str(tmp_path))
     assert done.returncode == 1 and done.stdout.strip().count("\n") == 0
     assert "no CUDA device" in done.stdout
+
+
+def test_a_failing_section_keeps_the_others(tmp_path: Path, monkeypatch) -> None:
+    """Device time is scarce: a section that raises records its error, the rest still run."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import gpu_check
+
+    def broken(device, shape):
+        raise RuntimeError("CUDA out of memory (planted)")
+
+    monkeypatch.setattr(gpu_check, "throughput", broken)
+    assert gpu_check.main([str(tmp_path), "--cpu-smoke"]) == 1
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["throughput"] == {"error": "RuntimeError: CUDA out of memory (planted)"}
+    assert report["accuracy"]["float32"] < 1e-6 and report["pipelines"]["forward_s"] > 0
+    assert set(report["section_seconds"]) == {"accuracy", "throughput", "pipelines", "nccl_merge"}
+    assert (
+        "| throughput: error | RuntimeError: CUDA out of memory (planted) |"
+        in (tmp_path / "gpu_check.md").read_text()
+    )
