@@ -6,9 +6,9 @@ MLP neurons, d_model 768), reference + one other, a short token stream (default 
 ``baseline=None`` and with ``baseline="rotation"`` at each number of draws, each in a fresh
 process (so that its peak RSS is its own). The table shows the wall time, the passes, the time the
 run spent on the mixing baseline at the end of its passes and how it splits: making the mixing
-matrices (a QR of a d x d Gaussian each), the variances of the mixed units (a d x d x d product
-each) and the row-chunk products ``comoment @ mix.T`` (the rest), the baseline's share of the run,
-and peak RSS.
+matrices (a product of d Householder reflections each), the variances of the mixed units (a
+d x d x d product each) and the row-chunk products ``comoment @ mix.T`` (the rest), the
+baseline's share of the run, and peak RSS.
 
 The baseline's work does not grow with the tokens (it runs once per pass on the statistics), so
 its share falls as the token count grows; the cross-moment update grows with the tokens.
@@ -176,7 +176,7 @@ def main() -> None:
             print("  " + " | ".join(rows[-1]), flush=True)
     print_table(
         f"Rotation baseline's share ({rows and m['tokens']} tokens; each row a fresh process)",
-        ["budget", "baseline", "passes", "wall", "reductions", "baseline", "QRs (made/unique)",
+        ["budget", "baseline", "passes", "wall", "reductions", "baseline", "matrices (made/unique)",
          "variances", "products", "baseline share", "wall - no baseline", "peak RSS",
          "RSS grew", "plan peak"],
         rows,
