@@ -121,3 +121,16 @@ def permuted_copy(model, seed: int = 0):
             block.mlp.W_out.copy_(block.mlp.W_out[perm, :])
             perms.append(perm)
     return twin, perms
+
+
+def noisy_permuted_pair(noise: float = 0.5) -> tuple[Any, Any]:
+    """A random model and a permuted copy whose ``W_in`` carries Gaussian noise (``noise`` x its
+    std): clear best matches with a sampling error, for the early stop."""
+    ref = build_model(seed=0)
+    other, _ = permuted_copy(ref, seed=3)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(4)
+        for block in other.blocks:
+            w = block.mlp.W_in
+            w.add_(noise * w.std() * torch.randn(w.shape, generator=g))
+    return ref, other

@@ -2,7 +2,8 @@
 
 Usage: ``torchrun --standalone --nproc_per_node 2 tests/analyses/screened_worker.py OUT``; each
 rank saves ``OUT/rank{r}`` (a CorrelationResult folder), a checkpointed copy and a run with float32
-products (``OUT/f32.rank{r}``) and one that follows the baseline (``OUT/follow.rank{r}``).
+products (``OUT/f32.rank{r}``), one that follows the baseline (``OUT/follow.rank{r}``) and an early
+stop (``OUT/tol.rank{r}``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from pathlib import Path
 
 import torch
 
-from tests.helpers import build_model, random_tokens
+from tests.helpers import build_model, noisy_permuted_pair, random_tokens
 from tl_universality.analyses.correlation import correlate
 from tl_universality.analyses.correlation.distributed import init_from_env
 
 N_SEQ, SEQ, BATCH = 90, 32, 8
+N_LONG = 600  # sequences of the early-stop run
 
 
 def family():
@@ -34,6 +36,18 @@ def run(models, product_dtype="float64", **extra):
     )  # fmt: skip
 
 
+def long_tokens():
+    return random_tokens(N_LONG, SEQ, seed=5)
+
+
+def early(ref, other, toks, tol: float | None = 0.1):
+    """The early stop of test_early_stop_when_stable (``tol=None``: the same run without it)."""
+    return correlate(
+        ref, other, toks, bos_token_id=0, progress=False, n_draws=1, batch_size=BATCH,
+        product_dtype="float64", candidates=3, screen_tokens=256, tol=tol,
+    )  # fmt: skip
+
+
 def main(out: Path) -> None:
     shard = init_from_env()
     torch.manual_seed(0)
@@ -42,6 +56,7 @@ def main(out: Path) -> None:
     run(models, checkpoint_dir=out / "ckpt").save(out / f"ckpt.rank{shard.rank}")
     run(models, product_dtype=None).save(out / f"f32.rank{shard.rank}")  # float32 products
     run(models, baseline_candidates=4).save(out / f"follow.rank{shard.rank}")
+    early(*noisy_permuted_pair(), long_tokens()).save(out / f"tol.rank{shard.rank}")
     torch.distributed.destroy_process_group()
 
 

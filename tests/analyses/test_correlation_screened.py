@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import build_model, permuted_copy, random_tokens
+from tests.helpers import noisy_permuted_pair, permuted_copy, random_tokens
 from tl_universality.analyses.correlation import CorrelationResult, correlate
 from tl_universality.core.errors import CheckpointMismatchError, InvalidArgumentError
 
@@ -137,13 +137,7 @@ def test_all_pairs_screened(family, tokens) -> None:
 
 
 def test_early_stop_when_stable() -> None:
-    ref = build_model(seed=0)
-    other, _ = permuted_copy(ref, seed=3)
-    with torch.no_grad():  # a noisy copy: clear best matches with a sampling error
-        g = torch.Generator().manual_seed(4)
-        for block in other.blocks:
-            w = block.mlp.W_in
-            w.add_(0.5 * w.std() * torch.randn(w.shape, generator=g))
+    ref, other = noisy_permuted_pair()  # clear best matches with a sampling error
     long = random_tokens(600, 32, seed=5)
     args = dict(candidates=3, screen_tokens=256, **KW)
     full = correlate(ref, other, long, **args)
@@ -226,6 +220,24 @@ def test_two_gloo_ranks_equal_one_process(tmp_path) -> None:
         assert torch.equal(g.isnan(), w.isnan())
         assert (g - w).nan_to_num(0).abs().max() < 1e-12, name
         assert torch.equal(got.baseline_certified, want_follow.baseline_certified)
+    # the early stop: the ranks check the summed statistics once a round and stop together, with
+    # the result of one process over the sequences they read
+    ref, other = noisy_permuted_pair()
+    rounds = []
+    for name in ("tol.rank0", "tol.rank1"):
+        got = CorrelationResult.load(tmp_path / name)
+        assert got.config["stopped_early"] is True and got.converged(0.1)
+        n_seq = got.n_tokens // (worker.SEQ - 1)
+        assert got.n_tokens == n_seq * (worker.SEQ - 1) < worker.N_LONG * (worker.SEQ - 1)
+        rounds.append(n_seq - got.config["screen_sequences"])  # stage 2's sequences
+        want = worker.early(ref, other, worker.long_tokens()[:n_seq], tol=None)
+        assert want.config["stopped_early"] is False and want.n_tokens == got.n_tokens
+        for field in ("max_corr", "min_corr", "top_corr", "max_corr_se", "baseline_draws"):
+            g, w = getattr(got, field), getattr(want, field)
+            assert torch.equal(g.isnan(), w.isnan()), field
+            assert (g - w).nan_to_num(0).abs().max() < 1e-12, (name, field)
+        assert torch.equal(got.certified, want.certified)
+    assert rounds[0] == rounds[1] and rounds[0] % (2 * worker.BATCH) == 0  # in whole rounds
 
 
 def test_a_batch_float32_cannot_hold_is_multiplied_in_float64() -> None:

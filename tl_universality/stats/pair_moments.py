@@ -26,6 +26,7 @@ between tokens of one sequence is accounted for; sequences are taken as independ
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -287,12 +288,28 @@ class PairMoments:
 
     def reduce_across(self, reduce: Callable[[Tensor, str], Tensor]) -> PairMoments:
         """Sum the accumulators over the ranks of a process group (same shift everywhere), in
-        place; ``reduce(tensor, "sum")`` returns the reduced tensor. Returns ``self``."""
+        place; ``reduce(tensor, "sum")`` returns the reduced tensor (a new one). Returns
+        ``self``."""
         for name in _SUMS:
             setattr(self, name, reduce(getattr(self, name), "sum"))
         counts = torch.tensor(self._counts(), dtype=torch.float64, device=self.device)
         self._set_counts(reduce(counts, "sum").cpu().round().long().tolist())
         return self
+
+    def summed(self, reduce: Callable[[Tensor, str], Tensor]) -> PairMoments:
+        """A copy whose accumulators are summed over the ranks (see :meth:`reduce_across`);
+        ``self`` keeps its own. The copy shares the pairs, shifts and scales.
+
+        Examples:
+            >>> pm = PairMoments(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2),
+            ...                  torch.zeros(1), torch.ones(2), torch.ones(1), torch.zeros(2, 1))
+            >>> pm.sxy += 3.0
+            >>> pm.n = 5
+            >>> twice = pm.summed(lambda t, op: 2 * t)  # as two ranks with these sums would give
+            >>> twice.n, pm.n, twice.sxy.tolist(), pm.sxy.tolist()
+            (10, 5, [[6.0], [6.0]], [[3.0], [3.0]])
+        """
+        return copy.copy(self).reduce_across(reduce)
 
     # -- statistics ----------------------------------------------------------------------------
 

@@ -178,7 +178,8 @@ def correlate(
             screening value of its best non-candidate by this many standard errors.
         tol: With ``candidates``, stop early once every max-correlation's standard error is
             below ``tol`` and neither the max-correlations (by more than ``tol``) nor the
-            universal set changed since the last check (``result.config["stopped_early"]``).
+            universal set changed since the last check (``result.config["stopped_early"]``);
+            under ``torchrun`` the ranks check their summed statistics once a round, together.
         baseline_candidates: With ``candidates`` and a mixing baseline, follow each unit's
             ``baseline_candidates`` best mixed units of every draw (chosen on the screening
             tokens) through every token, so the baseline is exact over the whole stream and

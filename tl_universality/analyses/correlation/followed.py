@@ -21,6 +21,7 @@ and ``a · B`` pair products.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -238,6 +239,12 @@ class FollowedBaseline:
     def reduce_across(self, reduce) -> None:
         for pm in self.pairs.values():
             pm.reduce_across(reduce)
+
+    def summed(self, reduce) -> FollowedBaseline:
+        """A copy whose pair statistics are summed over the ranks; ``self`` keeps its own."""
+        out = copy.copy(self)
+        out.pairs = {key: pm.summed(reduce) for key, pm in self.pairs.items()}
+        return out
 
     def draws(self, key: tuple[int, int], sigmas: float) -> tuple[Tensor, Tensor]:
         """``([draws, a] baseline over all tokens, [a] certified for every draw)`` of direction

@@ -22,6 +22,7 @@ exhaustive run over the same tokens reports.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -110,11 +111,6 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
     """The screened run behind ``correlate(..., candidates=K)``; see the module docstring."""
     k = int(cfg.candidates)  # type: ignore[arg-type]
     shard = current_shard()
-    if cfg.tol is not None and shard.distributed:
-        raise InvalidArgumentError(
-            f"tol={cfg.tol} (early stop) is not supported under torch.distributed. Fix: drop tol,"
-            " or run the screened correlation in one process."
-        )
     _check_width(setup, cfg, k)
     stream = setup.stream
     whole = stream.limit(cfg.max_tokens) if cfg.max_tokens is not None else stream
@@ -400,29 +396,40 @@ def stream_pairs(
             device=setup.device, exclude_token_ids=exclude, start_sequence=sequences,
             progress=setup.progress,
         )  # fmt: skip
+        index = -(-sequences // cfg.batch_size)  # of this rank's batches
+        # Under torch.distributed with tol, the ranks check together once a round (a batch each,
+        # or none where a shard has ended), on the statistics summed over the ranks, and stop
+        # together: every rank makes the same collective calls.
+        together = cfg.tol is not None and shard.distributed
         try:
-            for index, batch in enumerate(batches, start=-(-sequences // cfg.batch_size)):
-                digest = batch_digest(batch.tokens)
-                if index < len(digests) and digests[index] != digest:
-                    raise token_mismatch(pairs_dir, index, cfg.batch_size)
-                if index >= len(digests):
-                    digests.append(digest)
-                screen.add(batch.acts, batch.keep.sum(1).tolist())
-                sequences += batch.tokens.shape[0]
-                since += batch.tokens.numel()
-                saved = pairs_dir is not None and since >= cfg.checkpoint_every
-                if saved:
-                    checkpoint()
-                    since = 0
-                if setup.callback is not None:
-                    n_tok = sequences * rest.seq_len
-                    setup.callback(CorrelationProgress(1, 2, sequences, n_tok, saved))
-                if cfg.tol is not None:
-                    previous, stop = _stable(screen, cfg, previous)
-                    if stop:
-                        meta["stopped_early"] = True
-                        break
-                del batch
+            while True:
+                batch = next(batches, None)
+                if batch is not None:
+                    digest = batch_digest(batch.tokens)
+                    if index < len(digests) and digests[index] != digest:
+                        raise token_mismatch(pairs_dir, index, cfg.batch_size)
+                    if index >= len(digests):
+                        digests.append(digest)
+                    index += 1
+                    screen.add(batch.acts, batch.keep.sum(1).tolist())
+                    sequences += batch.tokens.shape[0]
+                    since += batch.tokens.numel()
+                    saved = pairs_dir is not None and since >= cfg.checkpoint_every
+                    if saved:
+                        checkpoint()
+                        since = 0
+                    if setup.callback is not None:
+                        n_tok = sequences * rest.seq_len
+                        setup.callback(CorrelationProgress(1, 2, sequences, n_tok, saved))
+                read, batch = batch is not None, None
+                if not (_on_any_rank(read) if together else read):
+                    break
+                if cfg.tol is None:
+                    continue
+                previous, stop = _stable(_summed(screen) if together else screen, cfg, previous)
+                if _on_any_rank(stop) if together else stop:
+                    meta["stopped_early"] = True
+                    break
         finally:
             batches.close()
         if shard.distributed:
@@ -431,6 +438,21 @@ def stream_pairs(
             if screen.followed is not None:
                 screen.followed.reduce_across(all_reduce)
         checkpoint(complete=True)
+
+
+def _on_any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank (a collective call)."""
+    return bool(all_reduce(torch.tensor([float(flag)]), "max")[0] > 0)
+
+
+def _summed(screen: Screened) -> Screened:
+    """``screen`` with its pair statistics (and followed baseline) summed over the ranks, for the
+    early stop's check; ``screen`` keeps its own (a collective call)."""
+    view = copy.copy(screen)
+    view.pairs = {key: pm.summed(all_reduce) for key, pm in screen.pairs.items()}
+    if screen.followed is not None:
+        view.followed = screen.followed.summed(all_reduce)
+    return view
 
 
 def _stable(screen: Screened, cfg, previous: dict[str, Any] | None):
