@@ -13,9 +13,9 @@ On the same random models and token stream, in one process:
 4. at k = 5, reference-style vs exhaustive ``correlate`` vs screened ``correlate(...,
    candidates=K)``, each in a fresh process: wall time, ratios, max |diff| of max_corr against
    the exhaustive run (all units, certified units), universal-set agreement (each run's own
-   baseline, and the exhaustive run's; units that moved, and how many of them had every
-   max-correlation and baseline certified: none should), certified shares (max-correlations, the
-   followed baseline) and peak memory; 4a end to end, 4b on
+   baseline, and the exhaustive run's; units that moved, and how many of them had a certified
+   universal decision: none should), certified shares (max-correlations, the followed baseline,
+   universal decisions) and peak memory; 4a end to end, 4b on
    activations computed once and replayed from memory (the correlation work alone). ``--related
    NOISE`` runs it on a related family (``benchmarks/replay.py``) instead of random seeds;
    ``--baseline-candidates B`` adds a screened run that follows the baseline (``followed``).
@@ -348,6 +348,8 @@ def screened_child(args) -> None:
             out["certified"] = r.certified.to(torch.uint8)
         if r.baseline_certified is not None:
             out["baseline_certified"] = r.baseline_certified.to(torch.uint8)
+        if (decided := r.universal_certified()) is not None:  # a baseline over all tokens
+            out["decided"] = decided.to(torch.uint8)
         return out
 
     go(models[:2], toks[:2])  # warm-up: BLAS, allocator
@@ -397,7 +399,7 @@ def bench_screened(args, cached: bool = False) -> list:
             ratios = ["-", "-"] if cached else ratios  # a replay of views costs next to nothing
             label = "replay of cached activations" if cached else "forward passes only"
             peak = f"{(m['rss_peak'] - m['rss_before']) / 1e6:.0f} MB"
-            table.append([label, f"{m['wall']:.1f} s", *ratios, *["-"] * 7, peak])
+            table.append([label, f"{m['wall']:.1f} s", *ratios, *["-"] * 8, peak])
             continue
         diff = (r["max_corr"] - ex["max_corr"]).abs().nan_to_num(0)
         base_diff = (r["baseline"] - ex["baseline"]).abs().nan_to_num(0).max()
@@ -406,10 +408,8 @@ def bench_screened(args, cached: bool = False) -> list:
         same = torch.equal(universal(r), universal(ex))
         moved = universal(r) != universal(ex)
         n_set = f"DIFFER ({int(universal(r).sum())}): {int(moved.sum())} moved"
-        if screened:  # a unit whose max-correlations and baselines are certified never moves
-            # the screening tokens' baseline (not followed) carries no certificate
-            base = r.get("baseline_certified", torch.zeros_like(cert)).bool()
-            n_set += f", {int((moved & cert.all(0) & base.all(0)).sum())} certified"
+        if "decided" in r:  # a unit whose universal decision is certified never moves
+            n_set += f", {int((moved & r['decided'].bool()).sum())} certified"
         # the same max-correlations give the same set under one baseline: the screened baseline
         # comes from the screening tokens only, so units near the threshold can move
         same_base = torch.equal(universal(r, ex["baseline"]), universal(ex))
@@ -422,6 +422,7 @@ def bench_screened(args, cached: bool = False) -> list:
             "same" if same_base else "DIFFER",
             f"{cert.float().mean():.1%}" if screened else "-",
             f"{r['baseline_certified'].float().mean():.1%}" if "baseline_certified" in r else "-",
+            f"{r['decided'].float().mean():.1%}" if "decided" in r else "-",
             f"{(m['rss_peak'] - m['rss_before']) / 1e6:.0f} MB",
         ]  # fmt: skip
         table.append(row)
@@ -547,7 +548,7 @@ def main() -> None:
             " exhaustive",
             ["pipeline", "wall", "vs reference", "vs exhaustive", "max |diff| max_corr",
              "certified units", "max |diff| baseline", "universal set", "exhaustive's baseline",
-             "certified", "baseline certified", "peak - before"],
+             "certified", "baseline certified", "universal certified", "peak - before"],
             bench_screened(args, cached),
         )  # fmt: skip
 

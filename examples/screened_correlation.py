@@ -71,6 +71,13 @@ def main() -> None:
         f" {float(base):.1e} (screening baseline:"
         f" {float((screened.baseline_max - exhaustive.baseline_max).abs().nanmean()):.1e})"
     )
+    # decisions that hold at both ends of the excess correlation's bounds are the exhaustive ones
+    decided = followed.universal_certified()
+    agree = bool((followed.is_universal() == exhaustive.is_universal())[decided].all())
+    print(
+        f"certified universal decisions: {int(decided.sum())} of {live} live units, all agree"
+        f" with the exhaustive run: {agree}"
+    )
 
     stopped = correlate(ref, others, tokens, candidates=args.candidates, tol=args.tol, **kw)
     print(

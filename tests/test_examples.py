@@ -54,3 +54,4 @@ def test_screened_example_runs_offline(tiny_family):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "certified:" in proc.stdout and "universal sets agree: True" in proc.stdout
     assert "exhaustive run with standard_errors=True: 0.0" in proc.stdout
+    assert "all agree with the exhaustive run: True" in proc.stdout

@@ -69,6 +69,78 @@ def test_followed_values_are_lower_bounds_and_certified_ones_exact(
     )
 
 
+def test_bounds_hold_and_certified_universal_decisions_are_the_exhaustive_ones(
+    random_family, random_stream, oracle, tmp_path
+):
+    """max_corr and the followed baseline are lower bounds, their ceilings upper bounds, of the
+    exhaustive values (numpy for the baseline); every decision universal_certified calls
+    certified is the exhaustive run's, at thresholds across the excess correlations."""
+    got = screened(random_family, random_stream, baseline_candidates=8)
+    exhaustive = correlate(random_family[0], random_family[1:], random_stream, n_draws=2, **KW)
+    live = ~exhaustive.max_corr.isnan()
+    assert (got.max_corr[live] <= exhaustive.max_corr[live] + 1e-12).all()
+    assert (got.max_corr_ceiling[live] >= exhaustive.max_corr[live] - 1e-12).all()
+    uncertified = live & ~got.certified
+    assert (
+        uncertified.any() and (got.max_corr_ceiling[uncertified] > got.max_corr[uncertified]).all()
+    )
+    ceiling = got.baseline_ceiling.numpy()
+    assert (
+        np.nanmin(ceiling - oracle) > -1e-12
+        and np.nanmax(got.baseline_draws.numpy() - oracle) < 1e-12
+    )
+    excess = exhaustive.excess_correlation
+    decided_share = []
+    for threshold in excess.nanquantile(torch.tensor([0.1, 0.5, 0.9], dtype=excess.dtype)):
+        decided = got.universal_certified(float(threshold))
+        want = exhaustive.is_universal(float(threshold))
+        assert torch.equal(got.is_universal(float(threshold))[decided], want[decided])
+        decided_share.append(float(decided[~got.dead].float().mean()))
+    assert 0.0 < min(decided_share) and max(decided_share) < 1.0  # some of each, at each
+    got.save(tmp_path / "r")  # the bounds round-trip, and the summary counts the decisions
+    back = CorrelationResult.load(tmp_path / "r")
+    assert torch.equal(back.max_corr_ceiling, got.max_corr_ceiling)
+    assert torch.equal(back.baseline_ceiling, got.baseline_ceiling)
+    share = float(got.universal_certified()[~got.dead].float().mean())
+    assert back.summary()["universal_certified_share"] == pytest.approx(share)
+    # the screening tokens' baseline has no bound: its decisions are not certified
+    assert screened(random_family, random_stream).universal_certified() is None
+    assert exhaustive.universal_certified() is None
+
+
+def test_universal_certified_by_hand() -> None:
+    """Two models, four units, two draws: each unit's excess interval worked out by hand."""
+    from tl_universality.units.activations import UnitIndex
+
+    units = UnitIndex(("blocks.0.mlp.hook_post",), (4,), (0,))
+    nan = float("nan")
+
+    def t(*rows: float) -> torch.Tensor:
+        return torch.tensor(rows, dtype=torch.float64)
+
+    # per unit: max_corr and its ceiling (the same for both models), baseline draws and ceilings
+    max_corr, ceiling = t(0.9, 0.6, 0.72, nan), t(0.95, 0.62, 0.82, nan)
+    base = torch.stack([t(0.1, 0.1, 0.1, nan), t(0.3, 0.3, 0.3, nan)])  # draw means 0.2
+    base_top = torch.stack([t(0.2, 0.15, 0.2, nan), t(0.4, 0.35, 0.4, nan)])  # 0.3, 0.25, 0.3
+    zeros = dict(dtype=torch.long)
+    result = CorrelationResult(
+        units=units, other_units=(units, units), names=("a", "b", "c"), n_tokens=100,
+        max_corr=torch.stack([max_corr, max_corr]), argmax=torch.zeros(2, 4, **zeros),
+        min_corr=torch.zeros(2, 4, dtype=torch.float64), argmin=torch.zeros(2, 4, **zeros),
+        top_corr=torch.zeros(2, 4, 1, dtype=torch.float64), top_index=torch.zeros(2, 4, 1, **zeros),
+        baseline_draws=torch.stack([base, base]), dead=torch.tensor([False, False, False, True]),
+        other_dead=(torch.zeros(4, dtype=torch.bool),) * 2,
+        max_corr_ceiling=torch.stack([ceiling, ceiling]),
+        baseline_ceiling=torch.stack([base_top, base_top]),
+    )  # fmt: skip
+    # excess in [0.9 - 0.3, 0.95 - 0.2] = [0.6, 0.75]: universal, certified;
+    # [0.6 - 0.25, 0.62 - 0.2] = [0.35, 0.42]: not universal, certified;
+    # [0.72 - 0.3, 0.82 - 0.2] = [0.42, 0.62]: straddles 0.5, not certified; the dead unit: neither
+    assert result.universal_certified().tolist() == [True, True, False, False]
+    assert result.is_universal().tolist() == [True, False, True, False]
+    assert result.universal_certified(0.38).tolist() == [True, False, True, False]
+
+
 def test_float32_products_follow_within_1e_6(random_family, random_stream, oracle):
     got = screened(random_family, random_stream, baseline_candidates=N_UNITS, product_dtype=None)
     live = ~got.dead

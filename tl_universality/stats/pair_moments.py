@@ -298,17 +298,7 @@ class PairMoments:
 
     def summed(self, reduce: Callable[[Tensor, str], Tensor]) -> PairMoments:
         """A copy whose accumulators are summed over the ranks (see :meth:`reduce_across`);
-        ``self`` keeps its own. The copy shares the pairs, shifts and scales.
-
-        Examples:
-            >>> pm = PairMoments(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2),
-            ...                  torch.zeros(1), torch.ones(2), torch.ones(1), torch.zeros(2, 1))
-            >>> pm.sxy += 3.0
-            >>> pm.n = 5
-            >>> twice = pm.summed(lambda t, op: 2 * t)  # as two ranks with these sums would give
-            >>> twice.n, pm.n, twice.sxy.tolist(), pm.sxy.tolist()
-            (10, 5, [[6.0], [6.0]], [[3.0], [3.0]])
-        """
+        ``self`` keeps its own. The copy shares the pairs, shifts and scales."""
         return copy.copy(self).reduce_across(reduce)
 
     # -- statistics ----------------------------------------------------------------------------
@@ -367,20 +357,33 @@ class PairMoments:
         se: Float[Tensor, "a m"],
         n_screen: int,
         sigmas: float,
-    ) -> Bool[Tensor, " a"]:
-        """Whether each row's ``value`` (exact over all tokens) beats ``rival``, a value over the
-        first ``n_screen`` tokens only, by ``sigmas`` standard deviations of the rival's error.
+    ) -> tuple[Bool[Tensor, " a"], Float[Tensor, " a"]]:
+        """``(certified, ceiling)``: whether each row's ``value`` (exact over all tokens, a
+        maximum over some units: a lower bound) beats ``rival``, a value over the first
+        ``n_screen`` tokens, by ``sigmas`` deviations of the rival's error; and the upper bound
+        of the row's maximum over all units at that margin (``value`` where certified, else
+        ``rival`` plus the margin, at most 1; 1 without a standard error; NaN where ``value`` is).
+        The error's variance is ``σ²(1/n_screen - 1/n)``, ``σ/√n`` the row's largest standard
+        error in ``se``. With no token after the screen every live value is exact: certified.
 
-        That error has variance ``σ²(1/n_screen - 1/n)``; ``σ/√n`` is taken as the row's largest
-        standard error in ``se`` (NaN ones ignored; a row without any is not certified). When no
-        token came after the screen every live value is exact, hence certified.
+        Examples:
+            >>> pm = PairMoments(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2),
+            ...                  torch.zeros(1), torch.ones(2), torch.ones(1), torch.zeros(2, 1))
+            >>> pm.n, pm.blocked_tokens = 400, 300  # 100 screening tokens, 300 after them
+            >>> value, rival = torch.tensor([0.9, 0.5]), torch.tensor([0.3, 0.45])
+            >>> se = torch.full((2, 1), 0.01)  # σ/√n: σ·sqrt(1/100 - 1/400) = 0.01·sqrt(3)
+            >>> certified, ceiling = pm.certify(value, rival, se, 100, 4.0)
+            >>> certified.tolist(), [round(v, 4) for v in ceiling.tolist()]
+            ([True, False], [0.9, 0.5193])
         """
         live = ~value.isnan()
         if self.blocked_tokens == 0:
-            return live
+            return live, value.clone()
         spread = se.nan_to_num(-1.0).amax(1)
         margin = spread * math.sqrt(max(0.0, self.n / max(1, n_screen) - 1.0))
-        return live & ((value - rival) > sigmas * margin) & (spread >= 0)
+        certified = live & ((value - rival) > sigmas * margin) & (spread >= 0)
+        ceiling = torch.maximum(value, rival + sigmas * margin).clamp_max(1.0)
+        return certified, ceiling.masked_fill(spread < 0, 1.0).masked_fill(~live, torch.nan)
 
     # -- state ---------------------------------------------------------------------------------
 

@@ -246,19 +246,23 @@ class FollowedBaseline:
         out.pairs = {key: pm.summed(reduce) for key, pm in self.pairs.items()}
         return out
 
-    def draws(self, key: tuple[int, int], sigmas: float) -> tuple[Tensor, Tensor]:
-        """``([draws, a] baseline over all tokens, [a] certified for every draw)`` of direction
-        ``key``: each draw's best followed value, certified by the candidates' rule."""
-        values, certified = [], None
+    def draws(self, key: tuple[int, int], sigmas: float) -> tuple[Tensor, Tensor, Tensor]:
+        """``([draws, a] baseline over all tokens, [a] certified for every draw, [draws, a]
+        ceiling)`` of direction ``key``: each draw's best followed value (a lower bound of the
+        draw's maximum over all mixed units), certified by the candidates' rule, and the upper
+        bound at that rule's margin (:meth:`PairMoments.ceiling`)."""
+        values, ceilings, certified = [], [], None
         d = 0
         while (*key, d) in self.pairs:
             pm = self.pairs[(*key, d)]
             corr, se = pm.corr().cpu(), pm.standard_error().cpu()
             best = corr.nan_to_num(-torch.inf).amax(1)
             best = best.masked_fill(best.isinf(), torch.nan)
-            ok = pm.certify(best, self.rival[(*key, d)], se, self.n1, sigmas)
+            rival = self.rival[(*key, d)]
+            ok, ceiling = pm.certify(best, rival, se, self.n1, sigmas)
             values.append(best)
+            ceilings.append(ceiling)
             certified = ok if certified is None else certified & ok
             d += 1
         assert certified is not None
-        return torch.stack(values), certified
+        return torch.stack(values), certified, torch.stack(ceilings)

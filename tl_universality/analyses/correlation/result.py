@@ -52,6 +52,14 @@ class CorrelationResult(Result):
         baseline_certified: Screened runs with ``baseline_candidates``: ``[models, units]``
             whether every draw's baseline, followed over all tokens, is certified the same way
             (then it is the exhaustive run's; otherwise it is a lower bound of it).
+        max_corr_ceiling: Screened runs: ``[models, units]`` an upper bound of the exhaustive
+            max-correlation at the certificate's margin (``max_corr`` where certified, else
+            the best non-candidate's screening value plus ``certificate_sigmas`` deviations of
+            its error); ``max_corr`` is the lower bound.
+        baseline_ceiling: Screened runs whose baseline holds over all tokens (followed with
+            ``baseline_candidates``, or ``"gaussian_noise"``): ``[models, draws, units]`` the
+            same upper bound of each draw's baseline (``baseline_draws`` is the lower bound).
+            See :meth:`universal_certified`.
 
     The table view (:meth:`to_dataframe`) uses the paper's names: ``max_corr``, ``mean_corr`` and
     ``min_corr`` are the max, mean and min *over models* of the per-model max correlation (likewise
@@ -78,6 +86,8 @@ class CorrelationResult(Result):
     min_corr_se: Float[Tensor, "models units"] | None = None
     certified: Bool[Tensor, "models units"] | None = None
     baseline_certified: Bool[Tensor, "models units"] | None = None
+    max_corr_ceiling: Float[Tensor, "models units"] | None = None
+    baseline_ceiling: Float[Tensor, "models draws units"] | None = None
 
     # -- per unit ------------------------------------------------------------------------------
 
@@ -131,6 +141,30 @@ class CorrelationResult(Result):
         if self.certified is None:
             return None
         return int((self.certified.all(0) & ~self.dead).sum())
+
+    def universal_certified(self, threshold: float = 0.5) -> Bool[Tensor, " units"] | None:
+        """Screened runs: units whose universal decision (``excess_corr > threshold``) is the
+        same for every max-correlation and baseline within their bounds, so an exhaustive run
+        over the same tokens decides it alike, up to the certificate's margin. None where a
+        bound is missing: exhaustive runs, and screened runs whose baseline comes from the
+        screening tokens (it then differs from the exhaustive run's by definition).
+
+        The excess correlation lies between ``mean(max_corr) - mean(baseline ceiling)`` and
+        ``mean(max_corr ceiling) - mean(baseline)`` (means over draws, then over models, as in
+        :attr:`excess_correlation`); the decision is certified where both ends fall on the same
+        side of ``threshold``. Dead units are not certified.
+        """
+        if self.baseline is None or self.max_corr_ceiling is None or self.baseline_ceiling is None:
+            return None
+        undefined = self.max_corr.isnan()
+
+        def excess(high: Tensor, base: Tensor) -> Tensor:
+            base = base.nanmean(1).masked_fill(undefined, torch.nan)
+            return high.masked_fill(undefined, torch.nan).nanmean(0) - base.nanmean(0)
+
+        low = excess(self.max_corr, self.baseline_ceiling)
+        high = excess(self.max_corr_ceiling, self.baseline_draws)
+        return ((low > threshold) | (high <= threshold)) & ~self.dead
 
     def converged(self, tol: float) -> bool:
         """Whether every live unit's max-correlation has a standard error below ``tol``.
@@ -276,7 +310,14 @@ class CorrelationResult(Result):
         "baseline_draws",
     )
 
-    _SCREENED = ("max_corr_se", "min_corr_se", "certified", "baseline_certified")
+    _SCREENED = (
+        "max_corr_se",
+        "min_corr_se",
+        "certified",
+        "baseline_certified",
+        "max_corr_ceiling",
+        "baseline_ceiling",
+    )
 
     FORMAT = "tl_universality.correlation_result"
     VERSION = 2
@@ -332,6 +373,8 @@ class CorrelationResult(Result):
             baseline_certified=(
                 t["baseline_certified"].bool() if "baseline_certified" in t else None
             ),
+            max_corr_ceiling=t.get("max_corr_ceiling"),
+            baseline_ceiling=t.get("baseline_ceiling"),
             **{name: t[name] for name in cls._ARRAYS},
         )
         result.check_consistent()
@@ -400,6 +443,9 @@ class CorrelationResult(Result):
             live = int((~self.dead).sum())
             held = int((self.baseline_certified.all(0) & ~self.dead).sum())
             out["baseline_certified_share"] = held / max(1, live)
+        decided = self.universal_certified(threshold)
+        if decided is not None:
+            out["universal_certified_share"] = int(decided.sum()) / max(1, int((~self.dead).sum()))
         if self.baseline:
             for row in self.universal_share(threshold).itertuples():
                 out[f"universal_share_L{int(row.layer)}"] = float(row.universal_share)

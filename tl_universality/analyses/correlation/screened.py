@@ -297,11 +297,14 @@ class Screened:
         if self.followed is not None:
             self.followed.add(chunks, mixed)
 
-    def baseline_draws(self, key: tuple[int, int], sigmas: float) -> tuple[Tensor, Tensor | None]:
-        """``([draws, a] baseline, [a] certified or None)`` of direction ``key``: followed over
-        every token with ``baseline_candidates`` (certified by :meth:`FollowedBaseline.draws`),
-        else the screening tokens' (None: no certificate); the ``"gaussian_noise"`` baseline is
-        exact from the token count."""
+    def baseline_draws(
+        self, key: tuple[int, int], sigmas: float
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``([draws, a] baseline, [a] certified or None, [draws, a] ceiling or None)`` of
+        direction ``key``: followed over every token with ``baseline_candidates`` (certified and
+        bounded by :meth:`FollowedBaseline.draws`), else the screening tokens' (None: no
+        certificate, no bound); the ``"gaussian_noise"`` baseline is exact from the token count
+        (its own ceiling)."""
         if self.followed is not None:
             return self.followed.draws(key, sigmas)
         pm, base = self.pairs[key], self.base[key]
@@ -311,7 +314,8 @@ class Screened:
                 pm.n, pm.shift_y.shape[0], pm.n_a, n_draws=base.shape[0], seed=self.seed,
                 key=(r, c),
             ).masked_fill(pm.dead_x().cpu()[None, :], torch.nan)  # fmt: skip
-        return base, None
+            return base, None, base
+        return base, None, None
 
     # -- the numbers ---------------------------------------------------------------------------
 
@@ -339,7 +343,7 @@ class Screened:
             out[idx] = out[idx].masked_fill(undefined, -1)
         # σ/√n from the largest standard error among the unit's K positive candidates (lower
         # correlations have larger errors)
-        out["certified"] = pm.certify(
+        out["certified"], out["max_ceiling"] = pm.certify(
             out["max_corr"], self.rival[key], se[:, : self.k], self.n1, sigmas
         )
         out["dead_x"], out["dead_y"] = pm.dead_x().cpu(), pm.dead_y().cpu()
@@ -468,7 +472,7 @@ def _stable(screen: Screened, cfg, previous: dict[str, Any] | None):
         now["max"][key] = red["max_corr"]
         live = ~red["max_corr"].isnan()
         small &= bool((red["max_se"][live].nan_to_num(torch.inf) < tol).all())
-        draws, _ = screen.baseline_draws(key, cfg.certificate_sigmas)
+        draws, _, _ = screen.baseline_draws(key, cfg.certificate_sigmas)
         base = draws.nanmean(0) if draws.shape[0] else None
         if base is not None:
             per_ref.setdefault(key[0], []).append((red["max_corr"], base))
@@ -502,7 +506,8 @@ def _results(setup: Setup, cfg, screen: Screened, meta: dict[str, Any]):
         others = sorted(c for rr, c in screen.pairs if rr == r)
         reds = [screen.reduce((r, c), cfg.top_k, cfg.certificate_sigmas) for c in others]
         bases = [screen.baseline_draws((r, c), cfg.certificate_sigmas) for c in others]
-        held = [ok for _, ok in bases if ok is not None]
+        held = [ok for _, ok, _ in bases if ok is not None]
+        ceilings = [top for _, _, top in bases if top is not None]
         out.append(
             CorrelationResult(
                 units=setup.indices[r],
@@ -515,7 +520,7 @@ def _results(setup: Setup, cfg, screen: Screened, meta: dict[str, Any]):
                 argmin=torch.stack([d["argmin"] for d in reds]),
                 top_corr=torch.stack([d["top_corr"] for d in reds]),
                 top_index=torch.stack([d["top_index"] for d in reds]),
-                baseline_draws=torch.stack([b for b, _ in bases]),
+                baseline_draws=torch.stack([b for b, _, _ in bases]),
                 dead=reds[0]["dead_x"],
                 other_dead=tuple(d["dead_y"] for d in reds),
                 baseline=screen.baseline,
@@ -524,6 +529,8 @@ def _results(setup: Setup, cfg, screen: Screened, meta: dict[str, Any]):
                 min_corr_se=torch.stack([d["min_se"] for d in reds]),
                 certified=torch.stack([d["certified"] for d in reds]),
                 baseline_certified=torch.stack(held) if held else None,
+                max_corr_ceiling=torch.stack([d["max_ceiling"] for d in reds]),
+                baseline_ceiling=torch.stack(ceilings) if screen.baseline and ceilings else None,
             )
         )
     return out if cfg.all_pairs else out[0]
