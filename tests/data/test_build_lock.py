@@ -101,3 +101,10 @@ def test_threads_of_one_process_take_the_lock_in_turn(tmp_path):
     spans.sort()
     assert len(spans) == 3
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))  # never overlap
+
+
+def test_a_tokenizer_saved_to_a_folder_of_the_callers_leaves_no_lock_file(tmp_path):
+    from tl_universality.data.corpus import train_tokenizer
+
+    train_tokenizer(300, folder=tmp_path / "tok", documents=["hello world"] * 10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]

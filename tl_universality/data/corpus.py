@@ -29,6 +29,7 @@ Examples:
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import sys
 import sysconfig
@@ -305,6 +306,7 @@ def train_tokenizer(
         )
     if documents is None:
         documents = build_corpus(include_source)
+    cached = folder is None
     folder = Path(folder) if folder is not None else tokenizer_folder(vocab_size, include_source)
 
     bpe = Tokenizer(models.BPE(unk_token=SPECIAL_TOKEN))
@@ -327,7 +329,8 @@ def train_tokenizer(
         model_max_length=1_000_000,  # the model's n_ctx limits length, not the tokenizer
     )
     meta = {"vocab_size": int(vocab_size), "include_source": bool(include_source)}
-    with build_lock(folder):  # not while another process reads or writes it
+    # the cache entry is written under its lock (a folder of the caller's gets no lock file)
+    with build_lock(folder) if cached else contextlib.nullcontext():
         with save_folder(folder, _TOKENIZER_TAG, _TOKENIZER_FORMAT, meta=meta) as out:
             wrapped.save_pretrained(str(out.root))
             for file in sorted(out.root.iterdir()):

@@ -236,10 +236,6 @@ class FollowedBaseline:
             for x, z in zip(chunks[r], mixed[(c, d)], strict=True):
                 pm.add(x, z)
 
-    def reduce_across(self, reduce) -> None:
-        for pm in self.pairs.values():
-            pm.reduce_across(reduce)
-
     def summed(self, reduce) -> FollowedBaseline:
         """A copy whose pair statistics are summed over the ranks; ``self`` keeps its own."""
         out = copy.copy(self)

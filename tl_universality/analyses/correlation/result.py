@@ -120,7 +120,13 @@ class CorrelationResult(Result):
     @property
     def excess_correlation(self) -> Float[Tensor, " units"]:
         """``mean_corr - mean_baseline``: the paper's excess correlation (NaN for dead units)."""
-        return self.mean_corr - self.mean_baseline
+        return self._excess(self.max_corr, self.baseline_draws)
+
+    def _excess(self, maxima: Tensor, draws: Tensor) -> Tensor:
+        """Mean over models of ``maxima`` minus that of the ``draws``' means (``[models, draws,
+        units]``); a model whose max-correlation is undefined counts on neither side."""
+        base = draws.nanmean(1) if draws.shape[1] else torch.full_like(maxima, torch.nan)
+        return maxima.nanmean(0) - base.masked_fill(self.max_corr.isnan(), torch.nan).nanmean(0)
 
     excess_corr = excess_correlation
 
@@ -156,14 +162,8 @@ class CorrelationResult(Result):
         """
         if self.baseline is None or self.max_corr_ceiling is None or self.baseline_ceiling is None:
             return None
-        undefined = self.max_corr.isnan()
-
-        def excess(high: Tensor, base: Tensor) -> Tensor:
-            base = base.nanmean(1).masked_fill(undefined, torch.nan)
-            return high.masked_fill(undefined, torch.nan).nanmean(0) - base.nanmean(0)
-
-        low = excess(self.max_corr, self.baseline_ceiling)
-        high = excess(self.max_corr_ceiling, self.baseline_draws)
+        low = self._excess(self.max_corr, self.baseline_ceiling)
+        high = self._excess(self.max_corr_ceiling, self.baseline_draws)
         return ((low > threshold) | (high <= threshold)) & ~self.dead
 
     def converged(self, tol: float) -> bool:

@@ -436,11 +436,9 @@ def stream_pairs(
                     break
         finally:
             batches.close()
-        if shard.distributed:
-            for pm in screen.pairs.values():
-                pm.reduce_across(all_reduce)
-            if screen.followed is not None:
-                screen.followed.reduce_across(all_reduce)
+        if shard.distributed:  # every rank ends with the statistics of all
+            merged = _summed(screen)
+            screen.pairs, screen.followed = merged.pairs, merged.followed
         checkpoint(complete=True)
 
 
@@ -451,7 +449,7 @@ def _on_any_rank(flag: bool) -> bool:
 
 def _summed(screen: Screened) -> Screened:
     """``screen`` with its pair statistics (and followed baseline) summed over the ranks, for the
-    early stop's check; ``screen`` keeps its own (a collective call)."""
+    early stop's check and the merge at the end; ``screen`` keeps its own (a collective call)."""
     view = copy.copy(screen)
     view.pairs = {key: pm.summed(all_reduce) for key, pm in screen.pairs.items()}
     if screen.followed is not None:
