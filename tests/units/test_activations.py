@@ -145,3 +145,27 @@ def test_no_hooks_left_behind_even_after_an_error():
         stream(m, tokens())
     stream(model(1), tokens())
     assert all(len(hp._forward_hooks) == 0 for hp in m.hook_dict.values())
+
+
+def test_activations_that_overflow_the_requested_dtype_are_reported():
+    # Finite in the model's float32, beyond float16's 65504 once stored: the check looks at the
+    # values as stored, so an overflow to inf is an error, not an inf in the statistics.
+    m = model(0)
+    with torch.no_grad():
+        m.blocks[0].mlp.W_in.mul_(1e6)
+    assert stream(m, tokens(), units="mlp.hook_pre")[0].abs().max() > 1e5  # finite in float32
+    with pytest.raises(NonFiniteActivationError, match="blocks.0.mlp.hook_pre"):
+        stream(m, tokens(), units="mlp.hook_pre", dtype=torch.float16)
+
+
+def test_irregular_exclusions_gather_the_right_rows():
+    # Excluding a common token drops scattered positions (the gathered path, not the view).
+    a = model(0)
+    toks = tokens()
+    drop = int(toks[0, 3])
+    acts = stream(a, toks, batch_size=4, exclude_token_ids=[BOS, drop])[0]
+    _, cache = a.run_with_cache(toks)
+    keep = (toks != BOS) & (toks != drop)
+    names = [f"blocks.{i}.mlp.hook_post" for i in range(2)]
+    want = torch.cat([cache[n][keep] for n in names], dim=-1)
+    torch.testing.assert_close(acts, want, rtol=0, atol=1e-6)

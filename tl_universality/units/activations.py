@@ -448,17 +448,21 @@ def excluded_token_ids(
 
 
 def all_finite(values: Tensor) -> bool:
-    """Whether every entry is finite. One float64 sum decides almost always (a NaN or inf makes
-    it non-finite); only a non-finite sum, which finite values can also give by overflowing,
-    pays for the entrywise check.
+    """Whether every entry is finite. One sum decides almost always (a NaN or inf makes it
+    non-finite); only a non-finite sum, which finite values can also give by overflowing, pays
+    for the entrywise check. The sum keeps the values' own float32 or float64 (a float64 sum of
+    float32 values converts each one first, several times slower); half types sum in float32.
 
     Examples:
         >>> all_finite(torch.tensor([1.0, 3e38, 3e38])), all_finite(torch.tensor([1.0, torch.nan]))
         (True, False)
+        >>> all_finite(torch.tensor([[1.0, torch.inf], [2.0, 3.0]])[:, 1:])  # a strided view
+        False
     """
     if values.numel() == 0:
         return True
-    if bool(torch.isfinite(values.sum(dtype=torch.float64))):
+    acc = values.dtype if values.dtype in (torch.float32, torch.float64) else torch.float32
+    if bool(torch.isfinite(values.sum(dtype=acc))):
         return True
     return bool(torch.isfinite(values).all())
 
@@ -466,6 +470,23 @@ def all_finite(values: Tensor) -> bool:
 def _parameters(model: Any) -> Iterator[Tensor]:
     params = getattr(model, "parameters", None)
     return iter(params()) if callable(params) else iter(())
+
+
+def _leading_drop(keep: Bool[Tensor, "batch seq"]) -> int | None:
+    """``p`` when ``keep`` drops exactly the first ``p`` positions of every sequence, else None.
+
+    Examples:
+        >>> keep = torch.ones(2, 4, dtype=torch.bool); keep[:, 0] = False
+        >>> _leading_drop(keep)
+        1
+        >>> keep[1, 2] = False; _leading_drop(keep) is None
+        True
+    """
+    kept = keep.sum(1)
+    p = keep.shape[1] - int(kept[0]) if kept.numel() else 0
+    if not bool((kept == keep.shape[1] - p).all()) or bool(keep[:, :p].any()):
+        return None
+    return p
 
 
 def _run_one(
@@ -482,6 +503,11 @@ def _run_one(
     here = model_device(model)
     keep_here = keep.to(here)
     n_keep = int(keep.sum())
+    # The kept rows are copied once, straight into their columns of ``out``: as a strided view
+    # when the batch drops the same leading positions of every sequence (BOS, the usual case),
+    # else gathered by index (a boolean mask would make a copy more).
+    drop = _leading_drop(keep)
+    flat_index = None if drop is not None else keep_here.reshape(-1).nonzero().squeeze(1)
     if dtype is None:  # the model's own dtype: never round a float64 model's activations
         dtype = getattr(model.cfg, "dtype", None)
         dtype = dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
@@ -500,13 +526,16 @@ def _run_one(
                     f" position, expected {index.widths[i]}. Was the model changed after the"
                     " units were resolved?"
                 )
-            rows = flat[keep_here]
-            if check_finite and not all_finite(rows):
+            block = out[:, offsets[i] : offsets[i + 1]]
+            if drop is not None:
+                block.view(flat.shape[0], flat.shape[1] - drop, flat.shape[2]).copy_(flat[:, drop:])
+            else:
+                block.copy_(flat.reshape(-1, flat.shape[-1]).index_select(0, flat_index))
+            if check_finite and not all_finite(block):  # as stored: a narrower dtype may overflow
                 raise NonFiniteActivationError(
                     f"{model_name(model)} produced NaN/inf activations at {tap.label}. Check the"
                     " weights (e.g. a diverged checkpoint) or run in float32 rather than float16."
                 )
-            out[:, offsets[i] : offsets[i + 1]] = rows.to(device=out_device, dtype=dtype)
             fired.append(tap.label)
             if tap.transform is not None and tap.transform.splice:
                 return tap.transform.replacement(act, units)
