@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from tests.helpers import build_model, random_tokens
-from tl_universality.analyses.correlation import correlate
+from tl_universality.analyses.correlation import capacity, correlate
 from tl_universality.analyses.correlation.distributed import init_from_env
+from tl_universality.core.errors import InvalidArgumentError
 
 # kept matrices of all pairs over several passes, in both modes
 MATRIX = dict(
@@ -90,6 +91,14 @@ def cases(out: Path, rank: int) -> None:
     # tile-parallel, checkpointed: the rerun resumes the complete checkpoint and merges again
     run(models, "tiles", checkpoint_dir=out / "tiles_checkpoint")
     save(run(models, "tiles", checkpoint_dir=out / "tiles_checkpoint"), out, "tiles_again", rank)
+    # rank 1 alone has too little memory for the one-pass plan: every rank refuses (none waits)
+    capacity.available_memory = lambda device: 10**12 if rank == 0 else 1000
+    try:
+        run(models, "float32")
+        refused = ""
+    except InvalidArgumentError as err:
+        refused = str(err)
+    (out / f"refused.{rank}.txt").write_text(refused or "ran")
 
 
 def kill(out: Path, rank: int) -> None:

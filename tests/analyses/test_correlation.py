@@ -20,6 +20,7 @@ from tl_universality.analyses.correlation import (
 from tl_universality.core.errors import (
     CheckpointMismatchError,
     CorruptCacheError,
+    InvalidArgumentError,
     TokenizerMismatchError,
 )
 from tl_universality.stats.baselines import mixing_matrix
@@ -327,3 +328,34 @@ def test_float64_products_other_units_and_half_matrices(family, toks):
     assert result.baseline_draws.shape == (1, 0, 128) and result.excess_correlation.isnan().all()
     with pytest.raises(ValueError, match="no baseline"):
         result.universal_neurons()
+
+
+def test_a_plan_beyond_the_device_memory_is_refused_before_any_batch(family, toks, monkeypatch):
+    from tl_universality.analyses.correlation import capacity
+
+    toks = toks[:8]
+    plan = plan_correlation(family[0], family[1], batch_size=8, seq_len=toks.shape[1])
+    room = int(plan.peak_bytes * 0.9)  # the one-pass plan needs more than the device has
+    monkeypatch.setattr(capacity, "available_memory", lambda device: room)
+    forwards = []
+    hook = family[0].embed.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        with pytest.raises(InvalidArgumentError, match="memory_budget=None") as err:
+            correlate(family[0], family[1], toks, batch_size=8, n_draws=1, **QUIET)
+        assert not forwards  # refused before the first batch
+        suggested = str(err.value).split("memory_budget='")[1].split("'")[0]
+        assert parse_bytes(suggested) <= room
+        # the budget it names fits: tiles in several passes, the one-pass result
+        tiled = correlate(family[0], family[1], toks, batch_size=8, n_draws=1,
+                          memory_budget=suggested, **QUIET)  # fmt: skip
+    finally:
+        hook.remove()
+    assert tiled.config["n_passes"] > 1
+    monkeypatch.undo()
+    whole = correlate(family[0], family[1], toks, batch_size=8, n_draws=1, **QUIET)
+    np.testing.assert_allclose(tiled.max_corr, whole.max_corr, atol=1e-9)
+    # An explicit budget above what the device has is the caller's choice: a warning, and it runs.
+    monkeypatch.setattr(capacity, "available_memory", lambda device: room)
+    with pytest.warns(ResourceWarning, match="may run out of memory"):
+        correlate(family[0], family[1], toks, batch_size=8, n_draws=1,
+                  memory_budget=plan.peak_bytes * 2, **QUIET)  # fmt: skip

@@ -137,6 +137,11 @@ def test_tile_parallel_ranks_hold_different_tiles(ranks: Path) -> None:
             assert {(m, h) for t in tiles for m, h0, h1 in t.b_parts for h in range(h0, h1)} == held
 
 
+def test_too_little_memory_on_one_rank_is_refused_on_every_rank(ranks: Path) -> None:
+    texts = [(ranks / f"refused.{r}.txt").read_text() for r in (0, 1)]
+    assert all("memory_budget=None" in t and "per process" in t for t in texts), texts
+
+
 def test_killed_rank_resumes_to_the_uninterrupted_result(killed: Path) -> None:
     want = single(worker.KILLED)[0]
     for name in ("killed", "behind", "behind_again"):

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from tl_universality.analyses.correlation.capacity import check_capacity
 from tl_universality.analyses.correlation.config import CorrelationConfig
 from tl_universality.analyses.correlation.distributed import (
     ShardedSource,
@@ -316,6 +317,7 @@ def run_exhaustive(
         print(plan, file=sys.stderr)
     elif shard.rank == 0:  # the other ranks run the same plan
         logger.info("%s", plan)
+    check_capacity(plan, dev, cfg.memory_budget)  # before any batch: refuse what cannot fit
 
     run = CorrelationRun(
         plan,

@@ -71,7 +71,8 @@ def parse_bytes(size: int | float | str | None) -> int | None:
     return parse_bytes(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
-def _fmt_bytes(n: int | float) -> str:
+def format_bytes(n: int | float) -> str:
+    """``"1.2 GB"``: decimal units, as :func:`parse_bytes` reads them back."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -177,10 +178,10 @@ class CorrelationPlan:
             f"Correlation plan: {len(self.n_units)} models ({', '.join(map(str, self.n_units))}"
             f" units), {len(self.pairs)} model pair(s), {len(self.tiles)} tile(s) in"
             f" {self.n_passes} pass(es) over the tokens{shared}; peak"
-            f" ~{_fmt_bytes(self.peak_bytes)}"
+            f" ~{format_bytes(self.peak_bytes)}"
             + (" per rank" if self.tile_ranks > 1 else "")
-            + (f" of a {_fmt_bytes(self.budget)} budget" if self.budget else " (no budget set)")
-            + f"; results kept {_fmt_bytes(self.fixed_bytes)}."
+            + (f" of a {format_bytes(self.budget)} budget" if self.budget else " (no budget set)")
+            + f"; results kept {format_bytes(self.fixed_bytes)}."
         ]
         for p, (nbytes, state) in enumerate(zip(self.pass_bytes, self.state_bytes, strict=True)):
             for rank in range(self.tile_ranks):
@@ -194,8 +195,8 @@ class CorrelationPlan:
                 if self.tile_ranks > 1:
                     state = sum(self.tile_bytes[t] for t in tiles)
                 lines.append(
-                    f"  {where}: {len(tiles)} tile(s), statistics {_fmt_bytes(state)}"
-                    + (f", peak ~{_fmt_bytes(nbytes)}" if self.tile_ranks == 1 else "")
+                    f"  {where}: {len(tiles)} tile(s), statistics {format_bytes(state)}"
+                    + (f", peak ~{format_bytes(nbytes)}" if self.tile_ranks == 1 else "")
                     + f": {desc}{more}"
                 )
         return "\n".join(lines)
@@ -336,8 +337,8 @@ def make_plan(
             for m, hb in b_lists[i]
         )
         raise ValueError(
-            f"memory_budget={_fmt_bytes(memory_budget)} is too small: even one layer"
-            f" against one layer needs ~{_fmt_bytes(smallest)} (statistics, one batch of"
+            f"memory_budget={format_bytes(memory_budget)} is too small: even one layer"
+            f" against one layer needs ~{format_bytes(smallest)} (statistics, one batch of"
             " activations of every model, buffers and kept results). Raise the budget,"
             " lower batch_size, or drop keep_matrix."
         )
