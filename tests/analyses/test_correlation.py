@@ -343,6 +343,10 @@ def test_a_plan_beyond_the_device_memory_is_refused_before_any_batch(family, tok
         with pytest.raises(InvalidArgumentError, match="memory_budget=None") as err:
             correlate(family[0], family[1], toks, batch_size=8, n_draws=1, **QUIET)
         assert not forwards  # refused before the first batch
+        assert "candidates=K" in str(err.value)
+        with pytest.raises(InvalidArgumentError, match="the screening stage") as screening:
+            correlate(family[0], family[1], toks, batch_size=8, n_draws=1, candidates=2, **QUIET)
+        assert not forwards and "candidates=K" not in str(screening.value)
         suggested = str(err.value).split("memory_budget='")[1].split("'")[0]
         assert parse_bytes(suggested) <= room
         # the budget it names fits: tiles in several passes, the one-pass result

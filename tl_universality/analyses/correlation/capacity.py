@@ -28,9 +28,13 @@ logger = logging.getLogger("tl_universality")
 SUGGESTED_SHARE = 0.8
 
 
-def check_capacity(plan: CorrelationPlan, device: torch.device, budget: int | None) -> None:
+def check_capacity(
+    plan: CorrelationPlan, device: torch.device, budget: int | None, screening: bool = False
+) -> None:
     """Raise :class:`InvalidArgumentError` when ``plan`` (made without a budget) needs more than
     ``device`` has available; warn when it was made under a ``budget`` that does not fit.
+    ``screening``: the plan is the exhaustive first stage of a screened run (the message then
+    does not suggest ``candidates``).
 
     Under ``torch.distributed`` every rank compares the plan with the least memory any rank has
     (a collective call), so all of them raise, or none.
@@ -62,11 +66,13 @@ def check_capacity(plan: CorrelationPlan, device: torch.device, budget: int | No
         logger.warning("%s", message)
         warnings.warn(message, ResourceWarning, stacklevel=4)
         return
+    what = "the screening stage (exhaustive) makes" if screening else "memory_budget=None makes"
+    other = "" if screening else ", or candidates=K (the screened mode keeps 2K columns per unit)"
     raise InvalidArgumentError(
-        f"memory_budget=None makes one pass that needs ~{format_bytes(peak)} on {device}"
+        f"memory_budget=None: {what} one pass that needs ~{format_bytes(peak)} on {device}"
         f" (statistics, buffers, a batch of activations), but only ~{format_bytes(room)} is"
         f" available there{per}. Fix: pass memory_budget='{format_bytes(SUGGESTED_SHARE * room)}'"
         " (the units are then tiled into several passes over the tokens; plan_correlation(...)"
-        " shows the plan), or candidates=K (the screened mode keeps 2K columns per unit), or"
-        " under torchrun parallel='tiles' (each rank holds its own tiles)."
+        f" shows the plan){other}, or under torchrun parallel='tiles' (each rank holds its own"
+        " tiles)."
     )

@@ -317,7 +317,7 @@ def run_exhaustive(
         print(plan, file=sys.stderr)
     elif shard.rank == 0:  # the other ranks run the same plan
         logger.info("%s", plan)
-    check_capacity(plan, dev, cfg.memory_budget)  # before any batch: refuse what cannot fit
+    check_capacity(plan, dev, cfg.memory_budget, screening=screen > 0)  # before any batch
 
     run = CorrelationRun(
         plan,
