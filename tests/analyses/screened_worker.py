@@ -1,13 +1,16 @@
 """Run by ``torchrun`` from test_correlation_screened.py: a screened correlation on 2 ranks.
 
 Usage: ``torchrun --standalone --nproc_per_node 2 tests/analyses/screened_worker.py OUT``; each
-rank saves ``OUT/rank{r}`` (a CorrelationResult folder), a checkpointed copy and a run with float32
+rank saves ``OUT/rank{r}`` (a CorrelationResult folder), a checkpointed copy (``OUT/ckpt.rank{r}``),
+its resumption when finished (``OUT/again.rank{r}``) and when rank 1 lost its stage-2 checkpoint
+(``OUT/lost.rank{r}``), a run with float32
 products (``OUT/f32.rank{r}``), one that follows the baseline (``OUT/follow.rank{r}``) and an early
 stop (``OUT/tol.rank{r}``).
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -54,6 +57,16 @@ def main(out: Path) -> None:
     models = family()
     run(models).save(out / f"rank{shard.rank}")
     run(models, checkpoint_dir=out / "ckpt").save(out / f"ckpt.rank{shard.rank}")
+    # The same command again resumes from the finished checkpoints: each rank checks its own
+    # shard's batches.
+    run(models, checkpoint_dir=out / "ckpt").save(out / f"again.rank{shard.rank}")
+    # Rank 1 loses its stage-2 checkpoint (killed before it was written): every rank reads its
+    # stage-1 checkpoint again, and rank 1 takes the merged statistics from rank 0.
+    torch.distributed.barrier()
+    if shard.rank == 1:
+        shutil.rmtree(out / "ckpt" / "rank1" / "pairs")
+    torch.distributed.barrier()
+    run(models, checkpoint_dir=out / "ckpt").save(out / f"lost.rank{shard.rank}")
     run(models, product_dtype=None).save(out / f"f32.rank{shard.rank}")  # float32 products
     run(models, baseline_candidates=4).save(out / f"follow.rank{shard.rank}")
     early(*noisy_permuted_pair(), long_tokens()).save(out / f"tol.rank{shard.rank}")

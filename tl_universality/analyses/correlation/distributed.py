@@ -225,6 +225,17 @@ def _broadcast(t: Tensor, src: int) -> Tensor:
     return buf.to(t.device)
 
 
+def broadcast_tensors(tensors: dict[str, Tensor], src: int) -> dict[str, Tensor]:
+    """Rank ``src``'s ``tensors``, by name, exactly (every rank passes the same names, shapes
+    and dtypes; a collective call)."""
+    return {name: _broadcast(t, src) for name, t in sorted(tensors.items())}
+
+
+def on_any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank (a collective call)."""
+    return bool(all_reduce(torch.tensor([float(flag)]), "max")[0] > 0)
+
+
 def all_reduce(t: Tensor, op: str) -> Tensor:
     """``t`` reduced over the ranks (a new tensor on ``t``'s device)."""
     dist = torch.distributed

@@ -38,7 +38,9 @@ from torch import Tensor
 from tl_universality.analyses.correlation.distributed import (
     ShardedSource,
     all_reduce,
+    broadcast_tensors,
     current_shard,
+    on_any_rank,
     rank_folder,
 )
 from tl_universality.analyses.correlation.engine import (
@@ -133,13 +135,18 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
         state, meta = loaded
         check_fingerprint(pairs_dir, meta["fingerprint"], fingerprint)
         screen = Screened.from_state(state, meta, setup.device, _offsets(setup))
-        verify_prefix(
-            pairs_dir, whole.limit(n1_tokens), cfg.batch_size, list(meta["screen_digests"]),
-            n1_seq,
-        )  # fmt: skip
-    else:
+        prefix = whole.limit(n1_tokens)
+        if shard.distributed:  # the digests are of this rank's share of the screening batches
+            prefix = ShardedSource(prefix, cfg.batch_size, shard)
+        verify_prefix(pairs_dir, prefix, cfg.batch_size, list(meta["screen_digests"]), n1_seq)
+    # Stage 1 is collective: when a rank has no stage-2 checkpoint (it stopped before writing
+    # its first), every rank runs it again (from its own stage-1 checkpoint, so no batch is read
+    # twice where that is complete) and only the ranks without one start stage 2 from it.
+    missing = on_any_rank(loaded is None) if shard.distributed else loaded is None
+    if missing:
         stage1 = dataclasses.replace(setup, folder=None if folder is None else folder / "screen")
         done = run_exhaustive(stage1, cfg1, screen=k, follow=follow)
+    if loaded is None:
         product = pair_product(cfg.product_dtype)
         screen = Screened.from_stage1(done.run, k, shard.rank, setup.device, product)
         if follow:
@@ -385,6 +392,8 @@ def stream_pairs(
         with save_folder(pairs_dir / "state", PAIRS_FORMAT, PAIRS_VERSION, meta) as out:
             out.write_tensors("state", screen.tensors())
 
+    if shard.distributed and _take_merged(setup, screen, meta):
+        checkpoint(complete=True)
     previous: dict[str, Any] | None = None
     since = 0
     if not meta["complete"]:
@@ -426,12 +435,12 @@ def stream_pairs(
                         n_tok = sequences * rest.seq_len
                         setup.callback(CorrelationProgress(1, 2, sequences, n_tok, saved))
                 read, batch = batch is not None, None
-                if not (_on_any_rank(read) if together else read):
+                if not (on_any_rank(read) if together else read):
                     break
                 if cfg.tol is None:
                     continue
                 previous, stop = _stable(_summed(screen) if together else screen, cfg, previous)
-                if _on_any_rank(stop) if together else stop:
+                if on_any_rank(stop) if together else stop:
                     meta["stopped_early"] = True
                     break
         finally:
@@ -442,9 +451,27 @@ def stream_pairs(
         checkpoint(complete=True)
 
 
-def _on_any_rank(flag: bool) -> bool:
-    """Whether ``flag`` holds on any rank (a collective call)."""
-    return bool(all_reduce(torch.tensor([float(flag)]), "max")[0] > 0)
+def _take_merged(setup: Setup, screen: Screened, meta: dict[str, Any]) -> bool:
+    """Whether this rank, not finished while another is, took the merged statistics of the
+    lowest finished rank (every rank calls this, before streaming).
+
+    A rank that stopped between the end-of-stream merge and its last checkpoint is behind the
+    ranks that wrote theirs: they hold the merged statistics and will not merge again.
+    """
+    shard = current_shard()
+    done = bool(meta["complete"])
+    first = all_reduce(torch.tensor([shard.rank if done else shard.world_size]), "min")
+    src = int(first[0])
+    if src == shard.world_size or not on_any_rank(not done):
+        return False  # none finished, or all did
+    got = broadcast_tensors(screen.tensors(), src)
+    stopped = broadcast_tensors({"s": torch.tensor([bool(meta["stopped_early"])])}, src)["s"]
+    if done:
+        return False
+    merged = Screened.from_state(got, meta, setup.device, _offsets(setup))
+    screen.pairs, screen.followed = merged.pairs, merged.followed
+    meta["stopped_early"] = bool(stopped[0])
+    return True
 
 
 def _summed(screen: Screened) -> Screened:
