@@ -241,6 +241,26 @@ def test_two_gloo_ranks_equal_one_process(tmp_path) -> None:
     assert rounds[0] == rounds[1] and rounds[0] % (2 * worker.BATCH) == 0  # in whole rounds
 
 
+@pytest.mark.parametrize("vocab_first", [8, 16])
+def test_a_screening_prefix_unlike_the_rest_certifies_no_wrong_unit(vocab_first) -> None:
+    """The screen is the stream's first sequences; here they use 7 or 15 of the 63 token ids
+    and the rest all of them, so the correlations move after the screen by more than their
+    noise. Every certified unit still has the exhaustive max_corr (the certificate's margin
+    widens to the candidates' own change). Before the margin took that change into account,
+    the 8-id prefix certified a unit off by 0.02."""
+    ref, other = noisy_permuted_pair(2.0)
+    toks = torch.cat(
+        [random_tokens(40, 32, seed=0, vocab=vocab_first), random_tokens(160, 32, 100)]
+    )
+    exhaustive = correlate(ref, other, toks, **KW)
+    screened = correlate(ref, other, toks, candidates=4, screen_tokens=40 * 32, **KW)
+    cert = screened.certified[0]
+    assert cert.any(), "the test needs certified units to say anything"
+    diff = (screened.max_corr[0] - exhaustive.max_corr[0]).abs()
+    assert float(diff[cert].max()) <= 1e-9
+    assert bool((screened.max_corr_ceiling[0] >= exhaustive.max_corr[0] - 1e-9).all())
+
+
 def test_a_batch_float32_cannot_hold_is_multiplied_in_float64() -> None:
     """Screened.add: units with spreads of 1e-21 (float32 products would underflow) make that
     batch float64; the others stay float32. Both against numpy float64."""

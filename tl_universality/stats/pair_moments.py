@@ -364,7 +364,10 @@ class PairMoments:
         of the row's maximum over all units at that margin (``value`` where certified, else
         ``rival`` plus the margin, at most 1; 1 without a standard error; NaN where ``value`` is).
         The error's variance is ``σ²(1/n_screen - 1/n)``, ``σ/√n`` the row's largest standard
-        error in ``se``. With no token after the screen every live value is exact: certified.
+        error in ``se``; the margin is also at least the largest change of the row's pairs from
+        their pilot (screening) value, so a stream whose later tokens move the correlations more
+        than its noise does (a prefix unlike the rest) widens it. With no token after the screen
+        every live value is exact: certified.
 
         Examples:
             >>> pm = PairMoments(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2),
@@ -380,9 +383,11 @@ class PairMoments:
         if self.blocked_tokens == 0:
             return live, value.clone()
         spread = se.nan_to_num(-1.0).amax(1)
-        margin = spread * math.sqrt(max(0.0, self.n / max(1, n_screen) - 1.0))
-        certified = live & ((value - rival) > sigmas * margin) & (spread >= 0)
-        ceiling = torch.maximum(value, rival + sigmas * margin).clamp_max(1.0)
+        noise = sigmas * spread * math.sqrt(max(0.0, self.n / max(1, n_screen) - 1.0))
+        drift = (self.corr() - self.pilot).abs().nan_to_num(0.0).amax(1).to(noise.device)
+        margin = torch.maximum(noise, drift)
+        certified = live & ((value - rival) > margin) & (spread >= 0)
+        ceiling = torch.maximum(value, rival + margin).clamp_max(1.0)
         return certified, ceiling.masked_fill(spread < 0, 1.0).masked_fill(~live, torch.nan)
 
     # -- state ---------------------------------------------------------------------------------

@@ -176,7 +176,8 @@ def correlate(
         screen_tokens: Tokens of the screening stage (default: a quarter of the stream when its
             size is known, at most 2**20; whole sequences).
         certificate_sigmas: A unit is certified when its exact max-correlation exceeds the
-            screening value of its best non-candidate by this many standard errors.
+            screening value of its best non-candidate by this many standard errors (and by the
+            largest change of its candidates after the screen).
         tol: With ``candidates``, stop early once every max-correlation's standard error is
             below ``tol`` and neither the max-correlations (by more than ``tol``) nor the
             universal set changed since the last check (``result.config["stopped_early"]``);

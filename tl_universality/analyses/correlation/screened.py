@@ -14,10 +14,12 @@ means over sequences. The max-correlation over the candidates is exact over all 
 could make it wrong is a non-candidate whose value over all tokens is larger. Every non-candidate's
 stage-1 value is at most that of the best one, ``r₁``, and its value over all tokens differs from
 its stage-1 value by an error of standard deviation ``σ·sqrt(1/n₁ - 1/n)``, with ``σ/sqrt(n)``
-taken as the largest standard error among the unit's K positive candidates (lower correlations
-have larger errors). Unit ``i`` is certified for a model when its exact max-correlation exceeds
-``r₁`` by ``certificate_sigmas`` such deviations: then, up to that margin, it is the value an
-exhaustive run over the same tokens reports.
+taken as the largest standard error among the unit's 2K candidates (lower correlations have larger
+errors). Unit ``i`` is certified for a model when its exact max-correlation exceeds ``r₁`` by
+``certificate_sigmas`` such deviations, and by the largest change of any candidate from its
+stage-1 value (a screening prefix unlike the rest of the stream moves every correlation by more
+than its noise): then, up to that margin, it is the value an exhaustive run over the same tokens
+reports.
 """
 
 from __future__ import annotations
@@ -348,10 +350,10 @@ class Screened:
             undefined = out[v].isinf()
             out[v] = out[v].masked_fill(undefined, torch.nan)
             out[idx] = out[idx].masked_fill(undefined, -1)
-        # σ/√n from the largest standard error among the unit's K positive candidates (lower
-        # correlations have larger errors)
+        # σ/√n from the largest standard error among the unit's 2K candidates: the rival's
+        # correlation is lower than the positive ones', and lower correlations have larger errors
         out["certified"], out["max_ceiling"] = pm.certify(
-            out["max_corr"], self.rival[key], se[:, : self.k], self.n1, sigmas
+            out["max_corr"], self.rival[key], se, self.n1, sigmas
         )
         out["dead_x"], out["dead_y"] = pm.dead_x().cpu(), pm.dead_y().cpu()
         return out
