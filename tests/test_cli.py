@@ -223,6 +223,20 @@ def test_unavailable_device_is_a_usage_error(capsys, tmp_path):
     assert "argument --device: 'cuda' is not available" in one_error_line(capsys)
 
 
+def test_the_device_defaults_to_cuda_when_there_is_one(monkeypatch):
+    """No --device: cuda where torch sees a GPU (under torchrun the rank's own), else cpu."""
+    from tl_universality.cli import commands
+
+    seen = []
+    monkeypatch.setattr(commands, "cmd_correlate", lambda args: seen.append(args.device) or 0)
+    for cuda, want in ((False, "cpu"), (True, "cuda")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        assert main(["correlate", "--family", "tiny", "--quiet"]) == 0
+        assert seen.pop() == want
+    assert main(["correlate", "--family", "tiny", "--device", "cpu", "--quiet"]) == 0
+    assert seen.pop() == "cpu"  # given: kept, with CUDA too
+
+
 def test_a_failure_exits_1_and_debug_shows_the_traceback(capsys, tmp_path, tiny_family):
     (tmp_path / report.CORRELATION_DIR).mkdir()  # a folder that is not a saved result
     argv = ["stats", "--family", "tiny", "--out", str(tmp_path), "--quiet"]

@@ -152,6 +152,24 @@ def test_killed_rank_resumes_to_the_uninterrupted_result(killed: Path) -> None:
     assert [m["stream_sequences"] for m in metas] == shards and all(m["complete"] for m in metas)
 
 
+def test_another_ranks_gpu_is_refused_naming_the_fix(monkeypatch) -> None:
+    """Under torchrun every rank must use its own GPU: device='cuda:0' on rank 1 (whose GPU is
+    cuda:1) is refused; 'cuda' (the current GPU) and cuda:1 pass. CUDA is simulated."""
+    from tl_universality.analyses.correlation import distributed
+    from tl_universality.core.errors import InvalidArgumentError
+
+    monkeypatch.setattr(distributed, "current_shard", lambda: Shard(1, 2))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    with pytest.raises(InvalidArgumentError, match=r"device='cuda:0' on rank 1 .*cuda:1.*Fix"):
+        distributed.check_rank_device(torch.device("cuda:0"))
+    distributed.check_rank_device(torch.device("cuda"))
+    distributed.check_rank_device(torch.device("cuda:1"))
+    distributed.check_rank_device(torch.device("cpu"))
+    monkeypatch.setattr(distributed, "current_shard", lambda: Shard(0, 1))  # one process: any GPU
+    distributed.check_rank_device(torch.device("cuda:0"))
+
+
 def test_checkpoints_per_rank_and_other_world_size_refused(ranks: Path) -> None:
     ckpt = ranks / "checkpoint"
     assert (ckpt / "distributed.json").exists()

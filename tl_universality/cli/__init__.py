@@ -36,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version, or a usage error already printed
         return int(done.code or 0) if not isinstance(done.code, str) else 2
+    if "device" in vars(args) and args.device is None:
+        from tl_universality.core.environment import default_device
+
+        args.device = default_device()  # "cuda": the current GPU, under torchrun the rank's own
     quiet = getattr(args, "quiet", False)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try:

@@ -76,7 +76,12 @@ def _family(p: argparse.ArgumentParser, default: str | None = None) -> None:
 
 
 def _device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="torch device, e.g. cpu or cuda (default: cuda when there is one, under torchrun"
+        " each rank's own GPU; else cpu)",
+    )
 
 
 def _models(p: argparse.ArgumentParser) -> None:

@@ -44,7 +44,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_universality.analyses.correlation.run import CorrelationRun
-from tl_universality.core.errors import CheckpointMismatchError
+from tl_universality.core.errors import CheckpointMismatchError, InvalidArgumentError
 from tl_universality.data.tokens.sources import TokenSource
 from tl_universality.stats.cross_moments import CrossMoments
 
@@ -91,7 +91,9 @@ def init_from_env() -> Shard:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and dist.is_available() and not dist.is_initialized():
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            # one visible GPU per process (CUDA_VISIBLE_DEVICES set per rank): that one
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local if torch.cuda.device_count() > 1 else 0)
             dist.init_process_group("nccl")
         else:
             dist.init_process_group("gloo")
@@ -243,6 +245,27 @@ def all_reduce(t: Tensor, op: str) -> Tensor:
     buf = t.detach().to(_comm_device(t)).contiguous().clone()
     dist.all_reduce(buf, op=ops[op])
     return buf.to(t.device)
+
+
+def check_rank_device(device: torch.device) -> None:
+    """Refuse, under ``torch.distributed``, a CUDA ``device`` that is not this rank's own GPU
+    (``torch.cuda.current_device()``, which :func:`init_from_env` sets to ``LOCAL_RANK``): every
+    rank would put its statistics on one GPU, and NCCL refuses two ranks on one device.
+
+    Examples:
+        >>> check_rank_device(torch.device("cpu"))  # outside torchrun, or not CUDA: nothing
+    """
+    shard = current_shard()
+    if not shard.distributed or device.type != "cuda" or not torch.cuda.is_available():
+        return
+    own = torch.cuda.current_device()
+    if device.index is not None and device.index != own:
+        raise InvalidArgumentError(
+            f"device={str(device)!r} on rank {shard.rank} is not this rank's GPU (cuda:{own}):"
+            " under torchrun each rank works on its own GPU. Fix: pass device='cuda' (each"
+            " rank's current GPU, cuda:LOCAL_RANK), and load each rank's models there"
+            " (model.to('cuda'))."
+        )
 
 
 # -- checkpoints ----------------------------------------------------------------------------------

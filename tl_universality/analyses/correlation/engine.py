@@ -41,6 +41,7 @@ from tl_universality.analyses.correlation.config import CorrelationConfig
 from tl_universality.analyses.correlation.distributed import (
     ShardedSource,
     align_passes,
+    check_rank_device,
     current_shard,
     merge_across_ranks,
     merge_tile_reductions,
@@ -226,11 +227,15 @@ def correlate(
     folder = check_folder("checkpoint_dir", checkpoint_dir)
     models = [model, *as_model_list(others)]
     if len(models) < 2:
-        raise ValueError("correlate needs at least one other model to compare with.")
+        raise InvalidArgumentError(
+            "others=[] leaves correlate no model to compare with. Fix: pass one or more models"
+            " (others=model_b or others=[model_b, model_c])."
+        )
     check_same_tokenizer(models)  # before any compute: a mismatch makes every number meaningless
     labels = model_labels(models, names)
     specs = per_model_units(units, len(models))
     dev = torch.device(device) if device is not None else model_device(models[0])
+    check_rank_device(dev)  # under torchrun: this rank's own GPU
     # The whole stream, and the part this run reads: growing max_tokens on a checkpoint
     # continues the same stream.
     stream = resolve_tokens(tokens, models, seq_len=cfg.seq_len, bos_token_id=bos_token_id)
