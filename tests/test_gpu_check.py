@@ -30,7 +30,10 @@ def test_cpu_smoke_writes_json_and_markdown(tmp_path: Path) -> None:
     assert "| check | value |" in (tmp_path / "gpu_check.md").read_text()
     pipes = report["pipelines"]
     assert pipes["exhaustive_s"] > 0 and pipes["screened_s"] > 0 and pipes["forward_s"] > 0
-    assert 0.0 <= pipes["certified_share"] <= 1.0
+    assert 0.0 < pipes["certified_share"] <= 1.0  # the related family certifies units
+    assert pipes["certified_max_diff"] <= 1e-6 and pipes["reference_max_diff"] < 1e-5
+    assert pipes["reference_s"] > 0 and pipes["screened_vs_reference"] > 0
+    assert report["accuracy"]["within_bounds"] is True
 
 
 def test_without_cuda_one_clear_line(tmp_path: Path) -> None:
@@ -59,3 +62,14 @@ def test_a_failing_section_keeps_the_others(tmp_path: Path, monkeypatch) -> None
         "| throughput: error | RuntimeError: CUDA out of memory (planted) |"
         in (tmp_path / "gpu_check.md").read_text()
     )
+
+
+def test_a_product_error_beyond_its_bound_fails_the_check(tmp_path: Path, monkeypatch) -> None:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import gpu_check
+
+    monkeypatch.setitem(gpu_check.BOUNDS, "float32", 0.0)  # no float32 product is that exact
+    monkeypatch.setattr(gpu_check, "pipelines", lambda device, smoke: {"skipped": "test"})
+    assert gpu_check.main([str(tmp_path), "--cpu-smoke"]) == 1
+    acc = json.loads((tmp_path / "gpu_check.json").read_text())["accuracy"]
+    assert acc["within_bounds"] is False and acc["failed"].startswith("float32 ")
