@@ -148,6 +148,10 @@ def test_early_stop_when_stable() -> None:
     assert result.converged(0.1)
     assert not result.converged(0.01)
     assert not full.converged(1e-4)
+    # what the stop promises: the max-correlations within tol of the whole stream's, and the
+    # same universal set
+    assert float((result.max_corr - full.max_corr).nan_to_num(0).abs().max()) <= 0.1
+    assert torch.equal(result.is_universal(), full.is_universal())
 
 
 def test_bad_settings_are_refused(family, tokens) -> None:
