@@ -184,11 +184,13 @@ def test_usage_errors_are_one_line_with_exit_code_2(argv, expected, capsys, tmp_
 def test_screened_correlate_prints_certified_units(tmp_path, capsys, tiny_family):
     argv = ["correlate", "--family", "tiny", "--out", str(tmp_path), "--quiet", "--max-tokens",
             "4000", "--candidates", "4", "--screen-tokens", "1000", "--baseline-candidates",
-            "3"]  # fmt: skip
+            "3", "--certificate-sigmas", "3.5", "--product-dtype", "float64"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     result = CorrelationResult.load(tmp_path / report.CORRELATION_DIR)
     assert result.certified is not None and result.config["candidates"] == 4
+    assert result.config["certificate_sigmas"] == 3.5
+    assert result.config["product_dtype"] == "float64"
     assert f"screened: {result.n_certified} of" in printed
     assert result.config["baseline_candidates"] == 3 and result.baseline_certified is not None
     assert "followed baseline: certified for" in printed

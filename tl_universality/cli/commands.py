@@ -175,6 +175,7 @@ def cmd_correlate(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir, progress=not args.quiet, parallel=args.parallel,
         candidates=args.candidates, screen_tokens=args.screen_tokens, tol=args.tol,
         baseline_candidates=args.baseline_candidates, standard_errors=args.standard_errors,
+        certificate_sigmas=args.certificate_sigmas, product_dtype=args.product_dtype,
     )  # fmt: skip
     if shard.rank != 0:
         return 0  # every rank holds the same result

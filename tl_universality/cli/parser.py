@@ -195,6 +195,19 @@ def _correlate(p: argparse.ArgumentParser) -> None:
         default=None,
         help="with --candidates: stop once every max-correlation is stable within this",
     )
+    p.add_argument(
+        "--certificate-sigmas",
+        type=float,
+        default=4.0,
+        help="with --candidates: the certificate's margin in standard errors (default: 4)",
+    )
+    p.add_argument(
+        "--product-dtype",
+        choices=("float32", "float64", "tf32", "bfloat16"),
+        default=None,
+        help="precision of the per-batch products (default: float32, within 1e-6 of float64;"
+        " tf32 and bfloat16 on CUDA only, about 1e-3 and 1e-2)",
+    )
 
 
 def _stats(p: argparse.ArgumentParser) -> None:
