@@ -154,6 +154,32 @@ def test_early_stop_when_stable() -> None:
     assert torch.equal(result.is_universal(), full.is_universal())
 
 
+def test_max_corr_se_matches_the_spread_of_independent_streams() -> None:
+    """End to end: over 30 independent token streams, the max_corr of every unit whose best
+    match is the same in all of them spreads as its reported max_corr_se says (the median over
+    units of mean(se) / std(max_corr) is within 0.8-1.25; tokens of a sequence are correlated
+    through attention, which the batch means over sequences account for)."""
+    ref, other = noisy_permuted_pair(1.0)
+    runs = [
+        correlate(
+            ref,
+            other,
+            random_tokens(48, 32, seed=100 + s),
+            candidates=3,
+            screen_tokens=12 * 32,
+            **KW,
+        )  # fmt: skip
+        for s in range(30)
+    ]
+    maxes = torch.stack([r.max_corr[0] for r in runs])
+    ses = torch.stack([r.max_corr_se[0] for r in runs])
+    argmax = torch.stack([r.argmax[0] for r in runs])
+    stable = (argmax == argmax[0]).all(0) & ~maxes.isnan().any(0)
+    assert int(stable.sum()) >= 30, "the test needs units with one clear best match"
+    ratio = ses[:, stable].mean(0) / maxes[:, stable].std(0)
+    assert 0.8 < float(ratio.median()) < 1.25
+
+
 def test_bad_settings_are_refused(family, tokens) -> None:
     with pytest.raises(InvalidArgumentError, match="keep_matrix"):
         correlate(family[0], family[1], tokens, candidates=3, keep_matrix=True, **KW)

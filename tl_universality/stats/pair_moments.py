@@ -351,23 +351,18 @@ class PairMoments:
         return se.masked_fill_(self.corr().isnan(), torch.nan)
 
     def certify(
-        self,
-        value: Float[Tensor, " a"],
-        rival: Float[Tensor, " a"],
-        se: Float[Tensor, "a m"],
-        n_screen: int,
-        sigmas: float,
-    ) -> tuple[Bool[Tensor, " a"], Float[Tensor, " a"]]:
+        self, value: Float[Tensor, " a"], rival: Float[Tensor, " a"], se: Float[Tensor, "a m"],
+        n_screen: int, sigmas: float,
+    ) -> tuple[Bool[Tensor, " a"], Float[Tensor, " a"]]:  # fmt: skip
         """``(certified, ceiling)``: whether each row's ``value`` (exact over all tokens, a
         maximum over some units: a lower bound) beats ``rival``, a value over the first
-        ``n_screen`` tokens, by ``sigmas`` deviations of the rival's error; and the upper bound
-        of the row's maximum over all units at that margin (``value`` where certified, else
-        ``rival`` plus the margin, at most 1; 1 without a standard error; NaN where ``value`` is).
-        The error's variance is ``σ²(1/n_screen - 1/n)``, ``σ/√n`` the row's largest standard
-        error in ``se``; the margin is also at least the largest change of the row's pairs from
-        their pilot (screening) value, so a stream whose later tokens move the correlations more
-        than its noise does (a prefix unlike the rest) widens it. With no token after the screen
-        every live value is exact: certified.
+        ``n_screen`` tokens, by a margin; and the upper bound of the row's maximum over all units
+        at it (``value`` where certified, else ``rival`` plus the margin, at most 1; 1 without a
+        standard error; NaN where ``value`` is). The margin is ``sigmas`` deviations of the
+        rival's error, of variance ``σ²(1/n_screen - 1/n)`` with ``σ/√n`` the row's largest
+        standard error in ``se``, and at least the largest change of the row's pairs from their
+        pilot (screening) value (a prefix unlike the rest moves them by more than the noise).
+        With no token after the screen every live value is exact: certified.
 
         Examples:
             >>> pm = PairMoments(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2),
@@ -384,8 +379,7 @@ class PairMoments:
             return live, value.clone()
         spread = se.nan_to_num(-1.0).amax(1)
         noise = sigmas * spread * math.sqrt(max(0.0, self.n / max(1, n_screen) - 1.0))
-        drift = (self.corr() - self.pilot).abs().nan_to_num(0.0).amax(1).to(noise.device)
-        margin = torch.maximum(noise, drift)
+        margin = noise.maximum((self.corr() - self.pilot).abs().nan_to_num(0.0).amax(1).cpu())
         certified = live & ((value - rival) > margin) & (spread >= 0)
         ceiling = torch.maximum(value, rival + margin).clamp_max(1.0)
         return certified, ceiling.masked_fill(spread < 0, 1.0).masked_fill(~live, torch.nan)

@@ -228,8 +228,8 @@ def correlate(
     models = [model, *as_model_list(others)]
     if len(models) < 2:
         raise InvalidArgumentError(
-            "others=[] leaves correlate no model to compare with. Fix: pass one or more models"
-            " (others=model_b or others=[model_b, model_c])."
+            "others=[]: correlate needs at least one other model to compare with. Fix: pass"
+            " others=model_b or others=[model_b, model_c]."
         )
     check_same_tokenizer(models)  # before any compute: a mismatch makes every number meaningless
     labels = model_labels(models, names)
