@@ -100,6 +100,11 @@ def init_from_env() -> Shard:
     return current_shard()
 
 
+def shard_source(source: TokenSource, batch_size: int, shard: Shard) -> TokenSource:
+    """``source`` itself in one process, else this rank's :class:`ShardedSource` of it."""
+    return ShardedSource(source, batch_size, shard) if shard.distributed else source
+
+
 class ShardedSource(TokenSource):
     """The batches ``k`` of ``source`` with ``k % world_size == rank``, in order.
 

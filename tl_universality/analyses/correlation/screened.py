@@ -38,12 +38,12 @@ from jaxtyping import Int
 from torch import Tensor
 
 from tl_universality.analyses.correlation.distributed import (
-    ShardedSource,
     all_reduce,
     broadcast_tensors,
     current_shard,
     on_any_rank,
     rank_folder,
+    shard_source,
 )
 from tl_universality.analyses.correlation.engine import (
     CorrelationConfig,
@@ -137,9 +137,8 @@ def correlate_screened(setup: Setup, cfg: CorrelationConfig) -> Any:
         state, meta = loaded
         check_fingerprint(pairs_dir, meta["fingerprint"], fingerprint)
         screen = Screened.from_state(state, meta, setup.device, _offsets(setup))
-        prefix = whole.limit(n1_tokens)
-        if shard.distributed:  # the digests are of this rank's share of the screening batches
-            prefix = ShardedSource(prefix, cfg.batch_size, shard)
+        # The digests are of this rank's share of the screening batches.
+        prefix = shard_source(whole.limit(n1_tokens), cfg.batch_size, shard)
         verify_prefix(pairs_dir, prefix, cfg.batch_size, list(meta["screen_digests"]), n1_seq)
     # Stage 1 is collective: when a rank has no stage-2 checkpoint (it stopped before writing
     # its first), every rank runs it again (from its own stage-1 checkpoint, so no batch is read
@@ -376,8 +375,7 @@ def stream_pairs(
     end; ``cfg.tol`` may stop it early. ``what`` is the line printed before (default: the
     screened mode's)."""
     shard = current_shard()
-    if shard.distributed:
-        rest = ShardedSource(rest, cfg.batch_size, shard)
+    rest = shard_source(rest, cfg.batch_size, shard)
     exclude = list(cfg.exclude_token_ids) if cfg.exclude_token_ids is not None else None
     digests: list[str] = list(meta["digests"])
     sequences = int(meta["sequences"])
